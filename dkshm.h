@@ -1,0 +1,13 @@
+/* dkshm.h — the umbrella header: everything a dkshm user needs.
+ *
+ *   #include <dkshm/dkshm.h>     (cc $(pkg-config --cflags --libs dkshm))
+ */
+#ifndef DKSHM_H
+#define DKSHM_H
+
+#include "dkshmCommon.h"
+#include "segment.h"
+#include "fastmutex.h"
+#include "membound.h"
+
+#endif

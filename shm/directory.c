@@ -1,0 +1,280 @@
+/* directory.c — the named-object directory: names to typed container roots.
+ *
+ * A fixed array of entries after the process table. Changes happen under
+ * the header's dirLock and go through its undo log, bracketed by the dirSeq
+ * seqlock (odd while changing). Lookups and listings take no lock: they copy
+ * an entry with atomic word loads and retry when dirSeq moved, so read-only
+ * attachments (dkshm-tool) can use them and a dead writer can never block
+ * them; a read-write reader that sees dirSeq stuck odd takes the lock once,
+ * which rolls the dead writer back.
+ *
+ * An entry is live when its type is non-zero; the type is written last on
+ * create and cleared first on remove, so a reader never sees a live entry
+ * with a half-written name.
+ *
+ * Ownership: dkshmObjectCreate moves the root out of the caller's in-flight
+ * list into the directory, and dkshmObjectRemove moves it back, each in the
+ * same critical section as the entry change, so a crash cannot leak it.
+ */
+#include "config.h"
+
+#include "segmentInternal.h"
+
+#include <string.h>
+
+#define SEQ_SPINS 4096
+#define DIR_UNDO_NEEDED 16 /* name x8, type, root, time, count, in-flight */
+
+DKSHM_API int dkshmValidateObjectName(const char *name) {
+    if (!name)
+        return DKSHM_INVALID;
+    size_t n = 0;
+    for (; name[n]; n++)
+        if (n >= DKSHM_OBJNAME_MAX || name[n] < 0x21 || name[n] > 0x7e)
+            return DKSHM_INVALID;
+    return n ? DKSHM_OK : DKSHM_INVALID;
+}
+
+static dkDirEntry *entryAt(dkshm *s, uint32_t i) {
+    return (dkDirEntry *)(s->base + s->hdr->directory) + i;
+}
+
+/* Copy entry I with word loads (it may be changing under us). */
+static void copyEntry(dkshm *s, uint32_t i, dkDirEntry *out) {
+    const uint64_t *src = (const uint64_t *)entryAt(s, i);
+    uint64_t *dst = (uint64_t *)out;
+    /* Acquire loads: the dirSeq re-read after them cannot move up. */
+    for (size_t w = 0; w < sizeof *out / 8; w++)
+        dst[w] = __atomic_load_n(&src[w], __ATOMIC_ACQUIRE);
+    out->name[DKSHM_OBJNAME_MAX] = '\0';
+}
+
+/* Take the directory lock; DKSHM_RECOVERED counts as success. */
+static int lockDir(dkshm *s, dkUndo **log) {
+    if (s->readOnly)
+        return DKSHM_READONLY;
+    int rc = fastMutexLock(s, &s->hdr->dirLock);
+    if (rc < 0)
+        return rc;
+    /* Odd under the lock: a holder died inside a change, which has been
+     * rolled back (or had committed). A new even value makes every reader
+     * that overlapped it retry. */
+    uint32_t seq = __atomic_load_n(&s->hdr->dirSeq, __ATOMIC_RELAXED);
+    if (seq & 1)
+        __atomic_store_n(&s->hdr->dirSeq, seq + 1, __ATOMIC_RELEASE);
+    *log = (dkUndo *)s->hdr->dirUndo;
+    return DKSHM_OK;
+}
+
+/* Run FN over a consistent snapshot of the directory. FN returns true to
+ * stop early. */
+typedef bool (*entryFn)(const dkDirEntry *e, void *ctx);
+
+static int snapshot(dkshm *s, entryFn fn, void *ctx, void (*reset)(void *)) {
+    dkHeader *h = s->hdr;
+    for (int spins = 0;; spins++) {
+        uint32_t seq = __atomic_load_n(&h->dirSeq, __ATOMIC_ACQUIRE);
+        if (seq & 1) {
+            if (spins >= SEQ_SPINS) {
+                if (s->readOnly)
+                    return DKSHM_BUSY;
+                /* A writer is mid-change, or dead: taking the lock waits
+                 * for it, or recovers it. */
+                dkUndo *log;
+                int rc = lockDir(s, &log);
+                if (rc < 0)
+                    return rc;
+                fastMutexUnlock(s, &h->dirLock);
+                spins = 0;
+            }
+            continue;
+        }
+        reset(ctx);
+        for (uint32_t i = 0; i < h->maxObjects; i++) {
+            dkDirEntry e;
+            copyEntry(s, i, &e);
+            if (e.type != 0 && fn(&e, ctx))
+                break;
+        }
+        if (__atomic_load_n(&h->dirSeq, __ATOMIC_ACQUIRE) == seq)
+            return DKSHM_OK;
+    }
+}
+
+typedef struct findCtx {
+    const char *name;
+    bool found;
+    dkDirEntry e;
+} findCtx;
+
+static bool findFn(const dkDirEntry *e, void *ctx) {
+    findCtx *f = ctx;
+    if (strcmp(e->name, f->name) != 0)
+        return false;
+    f->found = true;
+    f->e = *e;
+    return true;
+}
+
+static void findReset(void *ctx) {
+    ((findCtx *)ctx)->found = false;
+}
+
+DKSHM_API int dkshmObjectFind(dkshm *s, const char *name, uint32_t *type,
+                              dkoff *root) {
+    if (!s)
+        return DKSHM_INVALID;
+    int rc = dkshmValidateObjectName(name);
+    if (rc != DKSHM_OK)
+        return rc;
+    findCtx f = {.name = name};
+    rc = snapshot(s, findFn, &f, findReset);
+    if (rc != DKSHM_OK)
+        return rc;
+    if (!f.found)
+        return DKSHM_NOTFOUND;
+    if (type)
+        *type = f.e.type;
+    if (root)
+        *root = f.e.root;
+    return DKSHM_OK;
+}
+
+typedef struct listCtx {
+    dkshmObjectInfo *out;
+    size_t max, n;
+} listCtx;
+
+static bool listFn(const dkDirEntry *e, void *ctx) {
+    listCtx *l = ctx;
+    if (l->n < l->max) {
+        dkshmObjectInfo *o = &l->out[l->n];
+        memcpy(o->name, e->name, sizeof o->name);
+        o->type = e->type;
+        o->root = e->root;
+        o->createTimeNs = e->createTimeNs;
+    }
+    l->n++;
+    return false;
+}
+
+static void listReset(void *ctx) {
+    ((listCtx *)ctx)->n = 0;
+}
+
+DKSHM_API int dkshmObjectList(dkshm *s, dkshmObjectInfo *out, size_t max,
+                              size_t *count) {
+    if (!s || (!out && max))
+        return DKSHM_INVALID;
+    listCtx l = {.out = out, .max = max};
+    int rc = snapshot(s, listFn, &l, listReset);
+    if (rc == DKSHM_OK && count)
+        *count = l.n;
+    return rc;
+}
+
+/* Index of the live entry called NAME, or -1. Caller holds dirLock. */
+static long findLocked(dkshm *s, const char *name) {
+    for (uint32_t i = 0; i < s->hdr->maxObjects; i++) {
+        dkDirEntry *e = entryAt(s, i);
+        if (e->type != 0 && strncmp(e->name, name, sizeof e->name) == 0)
+            return (long)i;
+    }
+    return -1;
+}
+
+/* Make dirSeq odd. Not through the undo log: rolling it back to the even
+ * value a reader may have started from would let that reader accept a
+ * snapshot torn by the dead writer. The next locker instead moves it on to
+ * a new even value (lockDir). The logged stores that follow are release
+ * stores, so a reader that sees any of them sees the odd value too. */
+static void seqBegin(dkshm *s) {
+    __atomic_add_fetch(&s->hdr->dirSeq, 1, __ATOMIC_RELEASE);
+    DKSHM_CRASHPOINT();
+}
+
+/* Commit, then make dirSeq even. In that order: a reader that sees the new
+ * even value must never see a change that recovery could still roll back.
+ * A crash between the two leaves dirSeq odd with an empty log, which the
+ * next locker repairs (lockDir). */
+static void commitAndSeqEnd(dkshm *s, dkUndo *log) {
+    dkUndoCommit(log);
+    DKSHM_CRASHPOINT();
+    __atomic_add_fetch(&s->hdr->dirSeq, 1, __ATOMIC_RELEASE);
+}
+
+DKSHM_API int dkshmObjectCreate(dkshm *s, const char *name, uint32_t type,
+                                dkoff root) {
+    if (!s || type == 0)
+        return DKSHM_INVALID;
+    int rc = dkshmValidateObjectName(name);
+    if (rc != DKSHM_OK)
+        return rc;
+    if (root < s->hdr->heap || !dkRangeOk(s, root, 1))
+        return DKSHM_INVALID;
+    dkUndo *log;
+    if ((rc = lockDir(s, &log)) != DKSHM_OK)
+        return rc;
+    long i = findLocked(s, name);
+    long freeIdx = -1;
+    for (uint32_t j = 0; j < s->hdr->maxObjects && freeIdx < 0; j++)
+        if (entryAt(s, j)->type == 0)
+            freeIdx = (long)j;
+    if (i >= 0)
+        rc = DKSHM_EXISTS;
+    else if (freeIdx < 0)
+        rc = DKSHM_FULL;
+    else if (dkUndoRoom(log) < DIR_UNDO_NEEDED)
+        rc = DKSHM_CORRUPT;
+    if (rc == DKSHM_OK) {
+        dkDirEntry *e = entryAt(s, (uint32_t)freeIdx);
+        char nameBuf[sizeof e->name] = {0};
+        memcpy(nameBuf, name, strlen(name));
+        seqBegin(s);
+        dkUndoSetBytes(s, log, e->name, nameBuf, sizeof nameBuf);
+        dkUndoSet64(s, log, &e->root, root);
+        dkUndoSet64(s, log, &e->createTimeNs, dkRealNs());
+        dkInflightRemove(s, log, root); /* if it was in flight */
+        dkUndoSet32(s, log, &s->hdr->objects, s->hdr->objects + 1);
+        dkUndoSet32(s, log, &e->type, type);
+        commitAndSeqEnd(s, log);
+    }
+    fastMutexUnlock(s, &s->hdr->dirLock);
+    return rc;
+}
+
+DKSHM_API int dkshmObjectRemove(dkshm *s, const char *name,
+                                uint32_t expectType, dkoff *root) {
+    if (!s)
+        return DKSHM_INVALID;
+    int rc = dkshmValidateObjectName(name);
+    if (rc != DKSHM_OK)
+        return rc;
+    dkUndo *log;
+    if ((rc = lockDir(s, &log)) != DKSHM_OK)
+        return rc;
+    long i = findLocked(s, name);
+    dkDirEntry *e = i >= 0 ? entryAt(s, (uint32_t)i) : NULL;
+    if (!e)
+        rc = DKSHM_NOTFOUND;
+    else if (expectType && e->type != expectType)
+        rc = DKSHM_TYPE;
+    else if (dkUndoRoom(log) < DIR_UNDO_NEEDED)
+        rc = DKSHM_CORRUPT;
+    if (rc == DKSHM_OK) {
+        dkoff r = e->root;
+        /* Into our in-flight list first: if it is full, nothing changed. */
+        rc = dkInflightAdd(s, log, r);
+        if (rc == DKSHM_OK) {
+            seqBegin(s);
+            dkUndoSet32(s, log, &e->type, 0);
+            dkUndoSet64(s, log, &e->root, 0);
+            dkUndoSet32(s, log, &s->hdr->objects, s->hdr->objects - 1);
+            commitAndSeqEnd(s, log);
+            if (root)
+                *root = r;
+        }
+    }
+    fastMutexUnlock(s, &s->hdr->dirLock);
+    return rc;
+}

@@ -886,12 +886,34 @@ static void mbTableRemove(membound *m) {
     }
 }
 
+static int mbInitHeap(dkshm *s);
+
 DKSHM_API membound *memboundForSegment(dkshm *s) {
     if (!s || !s->hdr) {
         errno = EINVAL;
         return NULL;
     }
     dkoff rootOff = __atomic_load_n(&s->hdr->allocRoot, __ATOMIC_ACQUIRE);
+    if (rootOff == 0) {
+        /* First use of the allocator of this segment. */
+        if (s->readOnly) {
+            errno = ENOENT;
+            return NULL;
+        }
+        int rc = fastMutexLock(s, &s->hdr->initLock);
+        if (rc < 0) {
+            errno = mbErrno(rc);
+            return NULL;
+        }
+        rootOff = __atomic_load_n(&s->hdr->allocRoot, __ATOMIC_ACQUIRE);
+        if (rootOff == 0 && (rc = mbInitHeap(s)) == DKSHM_OK)
+            rootOff = __atomic_load_n(&s->hdr->allocRoot, __ATOMIC_ACQUIRE);
+        fastMutexUnlock(s, &s->hdr->initLock);
+        if (rc != DKSHM_OK) {
+            errno = mbErrno(rc);
+            return NULL;
+        }
+    }
     pthread_mutex_lock(&mbTableLock);
     membound *m = NULL;
     for (size_t i = 0; i < mbTableLen; i++) {
@@ -1609,8 +1631,10 @@ DKSHM_API int memboundReset(membound *m) {
 
 /* ---- hooks called by the segment layer ---------------------------------- */
 
-/* Lay out the heap of a new segment (nobody else can see it yet, so plain
- * stores), commit the metadata, publish hdr->allocRoot. */
+/* Lay out the heap (nobody uses it yet: hdr->allocRoot is 0, and the
+ * caller holds hdr->initLock, so plain stores), commit the metadata, then
+ * publish hdr->allocRoot. A process killed half-way leaves allocRoot 0 and
+ * the next one lays the heap out again from scratch. */
 static int mbInitHeap(dkshm *s) {
     dkHeader *h = s->hdr;
     uint32_t ps = h->pageSize;
@@ -1695,6 +1719,13 @@ static int mbReclaim(dkshm *s, uint32_t slot) {
     if (rc != DKSHM_OK)
         return rc;
     dkProcSlot *p = dkSlotAt(s, slot);
+    /* Another reaper may have finished this slot and a new process taken
+     * it while we waited for the lock: its in-flight blocks are live. */
+    if ((__atomic_load_n(&p->word, __ATOMIC_ACQUIRE) >> 32) !=
+        DKSHM_PROC_DEAD) {
+        mbUnlock(&op);
+        return DKSHM_OK;
+    }
     for (int j = 0; j < DK_INFLIGHT_MAX; j++) {
         dkoff off = __atomic_load_n(&p->inflight[j], __ATOMIC_RELAXED);
         if (off == 0)
@@ -1706,6 +1737,20 @@ static int mbReclaim(dkshm *s, uint32_t slot) {
     }
     mbUnlock(&op);
     return DKSHM_OK;
+}
+
+/* Drop the cached handle of S, which is being detached. */
+static void mbDetach(dkshm *s) {
+    pthread_mutex_lock(&mbTableLock);
+    for (size_t i = 0; i < mbTableLen; i++) {
+        if (mbTable[i]->s == s) {
+            membound *m = mbTable[i];
+            mbTableRemove(m);
+            free(m);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&mbTableLock);
 }
 
 static void mbForkPrepare(void) {
@@ -1721,7 +1766,7 @@ static void mbForkChild(void) {
 }
 
 __attribute__((constructor)) static void mbRegister(void) {
-    static const dkLayerHooks hooks = {mbInitHeap, mbReclaim};
+    static const dkLayerHooks hooks = {mbReclaim, mbDetach};
     dkSetLayerHooks(&hooks);
     pthread_atfork(mbForkPrepare, mbForkParent, mbForkChild);
 }

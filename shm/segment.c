@@ -467,8 +467,6 @@ static int initSegment(dkshm *s, const layout *l) {
     memset(s->base + l->procTable, 0, l->heap - l->procTable);
     dkUndoInit((dkUndo *)h->dirUndo, DK_DIR_UNDO_RECS);
     h->dirLock.undo = dkOff(s, h->dirUndo);
-    if (layerHooks.initHeap && (rc = layerHooks.initHeap(s)) != DKSHM_OK)
-        return rc;
     __atomic_store_n(&h->initState, DK_INIT_READY, __ATOMIC_RELEASE);
     return DKSHM_OK;
 }
@@ -714,6 +712,8 @@ DKSHM_API int dkshmCreateAnonymous(uint64_t capacity, const dkshmOptions *opt,
 DKSHM_API int dkshmDetach(dkshm *s) {
     if (!s)
         return DKSHM_OK;
+    if (layerHooks.detach)
+        layerHooks.detach(s);
     pthread_mutex_lock(&registerLock);
     bool ours = s->lockId != 0 &&
                 s->forkGen ==

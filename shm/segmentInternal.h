@@ -65,8 +65,9 @@ typedef struct dkHeader { /* in the segment, page 0 */
     uint32_t objects;   /* directory entries in use */
     uint32_t dirSeq;    /* odd while the directory changes (seqlock) */
     fastMutex dirLock;  /* guards the directory; its undo log is dirUndo */
-    dkoff allocRoot;    /* the allocator's control block, set at creation */
-    uint8_t pad2[64 - 5 * 8];
+    dkoff allocRoot;    /* the allocator's control block, 0 until set up */
+    fastMutex initLock; /* serialises the allocator's one-time set-up */
+    uint8_t pad2[64 - 7 * 8];
     uint8_t dirUndo[DK_UNDO_BYTES(DK_DIR_UNDO_RECS)]; /* a dkUndo */
 } dkHeader;
 
@@ -128,13 +129,17 @@ struct dkshm { /* per process */
 #define DK_ID_MAKE(slot, gen)                                                  \
     ((uint32_t)(((gen)&DK_ID_GEN_MASK) << DK_ID_SLOT_BITS) | (uint32_t)(slot))
 
-/* Hooks by which the allocator (a higher layer) takes part in creation and
- * in reaping without this layer depending on it. */
+/* Hooks by which the allocator (a higher layer) takes part in reaping and
+ * detaching without this layer depending on it. The allocator sets itself
+ * up lazily (hdr->allocRoot, under hdr->initLock) the first time a process
+ * asks for it, so a program linked statically without it still makes
+ * segments that others can allocate from. */
 typedef struct dkLayerHooks {
-    /* Lay out the heap of a new segment; sets hdr->allocRoot. */
-    int (*initHeap)(dkshm *s);
-    /* Free the in-flight blocks of dead slot SLOT and clear them. */
+    /* Free the in-flight blocks of dead slot SLOT and clear them. Must
+     * check, under its lock, that the slot is still DEAD. */
     int (*reclaim)(dkshm *s, uint32_t slot);
+    /* S is being detached: drop per-process state kept for it. */
+    void (*detach)(dkshm *s);
 } dkLayerHooks;
 void dkSetLayerHooks(const dkLayerHooks *h);
 

@@ -544,7 +544,8 @@ END_TEST
 
 /* Many threads of one process waiting for the same lock at once: every
  * one of them must get it in turn (the lock is thread-safe; nothing in its
- * contract limits how many threads may wait). */
+ * contract limits how many threads may wait). The lock has an undo log, so
+ * each holder is also recorded in the process's table slot. */
 #define WAIT_THREADS 40
 
 static uint32_t waitStarted;
@@ -563,7 +564,8 @@ static void *waitOnce(void *arg) {
 }
 
 START_TEST(test_excl_many_waiting_threads) {
-    exclSetup();
+    X = tMem(sizeof *X);
+    ck_rc(fastMutexInit(S, &X->m, dkOff(S, tUndo(4))), DKSHM_OK);
     ck_rc(fastMutexLock(S, &X->m), DKSHM_OK);
     pthread_t t[WAIT_THREADS];
     for (int i = 0; i < WAIT_THREADS; i++)
@@ -702,17 +704,21 @@ START_TEST(test_robust_short_timedlocks_recover) {
 }
 END_TEST
 
-/* A fork-only pool whose workers keep dying while holding a lock, each
- * time recovered by the next locker, must not run out of process-table
- * slots: the dead workers' slots are reusable once their locks are
+/* A fork-only pool whose workers keep dying while holding a lock (with an
+ * undo log, so each hold is recorded in the worker's table slot), each time
+ * recovered by the next locker, must not run out of process-table slots:
+ * a new worker registers by reusing a dead one's slot once its locks are
  * recovered. */
 static fastMutex *poolM;
+static dkUndo *poolLog;
+static uint64_t *poolWord;
 
 static int poolWorkerDies(void *arg) {
     (void)arg;
     int rc = fastMutexLock(S, poolM);
     if (rc != DKSHM_OK && rc != DKSHM_RECOVERED)
         return 10 + (rc < 0 ? -rc : rc);
+    dkUndoSet64(S, poolLog, poolWord, 1); /* rolled back by the next locker */
     raise(SIGKILL);
     return 2;
 }
@@ -722,7 +728,9 @@ START_TEST(test_robust_dead_holders_free_their_slots) {
     dkshmOptions opt = {.maxProcs = 8};
     segOpen(&opt);
     poolM = tMem(sizeof *poolM);
-    ck_rc(fastMutexInit(S, poolM, 0), DKSHM_OK);
+    poolLog = tUndo(4);
+    poolWord = tMem(sizeof *poolWord);
+    ck_rc(fastMutexInit(S, poolM, dkOff(S, poolLog)), DKSHM_OK);
     for (int i = 0; i < 3 * 8; i++) {
         int st = testInChild(poolWorkerDies, NULL);
         ck_assert_msg(st == TEST_KILLED,
@@ -730,6 +738,7 @@ START_TEST(test_robust_dead_holders_free_their_slots) {
                       "(exit status %d)",
                       i, st > 10 && st < 128 ? dkshmErrName(10 - st) : "?", st);
         ck_rc(fastMutexLock(S, poolM), DKSHM_RECOVERED);
+        ck_assert_uint_eq(*poolWord, 0);
         ck_rc(fastMutexUnlock(S, poolM), DKSHM_OK);
     }
 }

@@ -2314,8 +2314,7 @@ static int timesReclaimed(dkoff off) {
 }
 
 static void installHooks(bool reclaim) {
-    dkLayerHooks h = {.initHeap = NULL,
-                      .reclaim = reclaim ? fakeReclaim : NULL};
+    dkLayerHooks h = {.reclaim = reclaim ? fakeReclaim : NULL};
     dkSetLayerHooks(&h);
     nReclaimed = 0;
 }

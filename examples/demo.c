@@ -118,7 +118,7 @@ int main(int argc, char **argv) {
     tally *t = dkshmPtr(s, off);
     memset(t, 0, sizeof *t);
     fastMutexInit(s, &t->lock, 0);
-    rc = dkshmObjectCreate(s, "tally", 1, off);
+    rc = dkshmObjectCreate(s, "tally", DKSHM_TYPE_USER, off);
     if (rc != DKSHM_OK)
         return die("bind tally", rc);
     printf("segment %s: %d workers x %d ops\n", name, workers, ops);

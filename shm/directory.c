@@ -2,7 +2,7 @@
  *
  * A fixed array of entries after the process table. Changes happen under
  * the header's dirLock and go through its undo log, bracketed by the dirSeq
- * seqlock (odd while changing). Lookups and listings take no lock: they copy
+ * seqlock (seqlock.h; odd while changing). Lookups and listings take no lock: they copy
  * an entry with atomic word loads and retry when dirSeq moved, so read-only
  * attachments (dkshm-tool) can use them and a dead writer can never block
  * them; a read-write reader that sees dirSeq stuck odd takes the lock once,
@@ -19,6 +19,7 @@
 #include "config.h"
 
 #include "segmentInternal.h"
+#include "seqlock.h"
 
 #include <string.h>
 
@@ -56,12 +57,7 @@ static int lockDir(dkshm *s, dkUndo **log) {
     int rc = fastMutexLock(s, &s->hdr->dirLock);
     if (rc < 0)
         return rc;
-    /* Odd under the lock: a holder died inside a change, which has been
-     * rolled back (or had committed). A new even value makes every reader
-     * that overlapped it retry. */
-    uint32_t seq = __atomic_load_n(&s->hdr->dirSeq, __ATOMIC_RELAXED);
-    if (seq & 1)
-        __atomic_store_n(&s->hdr->dirSeq, seq + 1, __ATOMIC_RELEASE);
+    dkSeqRepair(&s->hdr->dirSeq);
     *log = (dkUndo *)s->hdr->dirUndo;
     return DKSHM_OK;
 }
@@ -73,7 +69,7 @@ typedef bool (*entryFn)(const dkDirEntry *e, void *ctx);
 static int snapshot(dkshm *s, entryFn fn, void *ctx, void (*reset)(void *)) {
     dkHeader *h = s->hdr;
     for (int spins = 0;; spins++) {
-        uint32_t seq = __atomic_load_n(&h->dirSeq, __ATOMIC_ACQUIRE);
+        uint32_t seq = dkSeqReadBegin(&h->dirSeq);
         if (seq & 1) {
             if (spins >= SEQ_SPINS) {
                 if (s->readOnly)
@@ -96,7 +92,7 @@ static int snapshot(dkshm *s, entryFn fn, void *ctx, void (*reset)(void *)) {
             if (e.type != 0 && fn(&e, ctx))
                 break;
         }
-        if (__atomic_load_n(&h->dirSeq, __ATOMIC_ACQUIRE) == seq)
+        if (!dkSeqReadRetry(&h->dirSeq, seq))
             return DKSHM_OK;
     }
 }
@@ -183,26 +179,6 @@ static long findLocked(dkshm *s, const char *name) {
     return -1;
 }
 
-/* Make dirSeq odd. Not through the undo log: rolling it back to the even
- * value a reader may have started from would let that reader accept a
- * snapshot torn by the dead writer. The next locker instead moves it on to
- * a new even value (lockDir). The logged stores that follow are release
- * stores, so a reader that sees any of them sees the odd value too. */
-static void seqBegin(dkshm *s) {
-    __atomic_add_fetch(&s->hdr->dirSeq, 1, __ATOMIC_RELEASE);
-    DKSHM_CRASHPOINT();
-}
-
-/* Commit, then make dirSeq even. In that order: a reader that sees the new
- * even value must never see a change that recovery could still roll back.
- * A crash between the two leaves dirSeq odd with an empty log, which the
- * next locker repairs (lockDir). */
-static void commitAndSeqEnd(dkshm *s, dkUndo *log) {
-    dkUndoCommit(log);
-    DKSHM_CRASHPOINT();
-    __atomic_add_fetch(&s->hdr->dirSeq, 1, __ATOMIC_RELEASE);
-}
-
 DKSHM_API int dkshmObjectCreate(dkshm *s, const char *name, uint32_t type,
                                 dkoff root) {
     if (!s || type == 0)
@@ -230,14 +206,14 @@ DKSHM_API int dkshmObjectCreate(dkshm *s, const char *name, uint32_t type,
         dkDirEntry *e = entryAt(s, (uint32_t)freeIdx);
         char nameBuf[sizeof e->name] = {0};
         memcpy(nameBuf, name, strlen(name));
-        seqBegin(s);
+        dkSeqWriteBegin(&s->hdr->dirSeq);
         dkUndoSetBytes(s, log, e->name, nameBuf, sizeof nameBuf);
         dkUndoSet64(s, log, &e->root, root);
         dkUndoSet64(s, log, &e->createTimeNs, dkRealNs());
         dkInflightRemove(s, log, root); /* if it was in flight */
         dkUndoSet32(s, log, &s->hdr->objects, s->hdr->objects + 1);
         dkUndoSet32(s, log, &e->type, type);
-        commitAndSeqEnd(s, log);
+        dkSeqWriteEnd(log, &s->hdr->dirSeq);
     }
     fastMutexUnlock(s, &s->hdr->dirLock);
     return rc;
@@ -266,11 +242,11 @@ DKSHM_API int dkshmObjectRemove(dkshm *s, const char *name,
         /* Into our in-flight list first: if it is full, nothing changed. */
         rc = dkInflightAdd(s, log, r);
         if (rc == DKSHM_OK) {
-            seqBegin(s);
+            dkSeqWriteBegin(&s->hdr->dirSeq);
             dkUndoSet32(s, log, &e->type, 0);
             dkUndoSet64(s, log, &e->root, 0);
             dkUndoSet32(s, log, &s->hdr->objects, s->hdr->objects - 1);
-            commitAndSeqEnd(s, log);
+            dkSeqWriteEnd(log, &s->hdr->dirSeq);
             if (root)
                 *root = r;
         }

@@ -143,8 +143,10 @@ DKSHM_API int dkshmProcList(dkshm *s, dkshmProcInfo *out, size_t max,
  * *REAPED (may be NULL) gets how many processes were released. */
 DKSHM_API int dkshmReap(dkshm *s, size_t *reaped);
 
-/* The named-object directory. Types are chosen by the container layer; 0 is
- * not a valid type. */
+/* The named-object directory. 0 is not a valid type; types below
+ * DKSHM_TYPE_USER belong to dkshm's containers, the others to applications
+ * binding their own structures to names. */
+#define DKSHM_TYPE_USER 256u
 typedef struct dkshmObjectInfo { /* per process */
     char name[DKSHM_OBJNAME_MAX + 1];
     uint32_t type;

@@ -16,6 +16,10 @@
  *       attach read-write; under the fastMutex at LOCKOFF store the 64-bit
  *       VALUE at VALOFF, bind OBJNAME (TYPE, ROOT) in the directory; unlock,
  *       print "slot=N", detach
+ *   attachHelper NAME alloc-write OBJNAME SIZE BYTE
+ *       attach read-write, allocate SIZE bytes from the segment's allocator,
+ *       fill them with BYTE, bind OBJNAME (DKSHM_TYPE_USER) to the block,
+ *       print "off=N", detach
  *   attachHelper NAME hold-lock-and-wait LOCKOFF
  *       attach read-write, take the fastMutex at LOCKOFF, print "locked",
  *       then wait until stdin reaches end of file (or the process is killed,
@@ -28,6 +32,7 @@
 #include "config.h"
 
 #include "fastmutex.h"
+#include "membound.h"
 #include "segment.h"
 
 #include <errno.h>
@@ -170,6 +175,30 @@ static int cmdWriteObject(const char *name, int argc, char **argv) {
     return exitFor(rc != DKSHM_OK ? rc : drc);
 }
 
+static int cmdAllocWrite(const char *name, int argc, char **argv) {
+    uint64_t size, byte;
+    if (argc != 3 || parseU64(argv[1], &size) || parseU64(argv[2], &byte) ||
+        byte > 255)
+        return EXIT_USAGE;
+    dkshm *s;
+    int rc = dkshmAttach(name, 0, &s);
+    if (rc != DKSHM_OK)
+        return exitFor(rc);
+    dkoff off = 0;
+    membound *m = memboundForSegment(s);
+    rc = m ? memboundAllocOff(m, size, &off) : DKSHM_CORRUPT;
+    if (rc == DKSHM_OK) {
+        memset(dkshmPtr(s, off), (int)byte, size);
+        rc = dkshmObjectCreate(s, argv[0], DKSHM_TYPE_USER, off);
+        if (rc == DKSHM_OK)
+            printf("off=%" PRIu64 "\n", off);
+        else
+            memboundFreeOff(m, off);
+    }
+    int drc = dkshmDetach(s);
+    return exitFor(rc != DKSHM_OK ? rc : drc);
+}
+
 static int cmdHoldLock(const char *name, int argc, char **argv) {
     uint64_t lockOff;
     if (argc != 1 || parseU64(argv[0], &lockOff))
@@ -205,6 +234,7 @@ int main(int argc, char **argv) {
         fprintf(stderr,
                 "usage: %s NAME attach [rdonly] | info | find OBJ | "
                 "write-object OBJ TYPE ROOT LOCKOFF VALOFF VALUE | "
+                "alloc-write OBJ SIZE BYTE | "
                 "hold-lock-and-wait LOCKOFF\n",
                 argv[0]);
         return EXIT_USAGE;
@@ -221,6 +251,8 @@ int main(int argc, char **argv) {
         rc = cmdFind(name, rest, args);
     else if (strcmp(verb, "write-object") == 0)
         rc = cmdWriteObject(name, rest, args);
+    else if (strcmp(verb, "alloc-write") == 0)
+        rc = cmdAllocWrite(name, rest, args);
     else if (strcmp(verb, "hold-lock-and-wait") == 0)
         rc = cmdHoldLock(name, rest, args);
     else

@@ -791,6 +791,41 @@ START_TEST(test_pool_fork) {
 }
 END_TEST
 
+/* An unrelated program (exec'd: no inherited mapping, handle or library
+ * state) attaches by name, allocates, writes and binds the block to a name;
+ * we find it, see its bytes, and free it with our own handle. */
+START_TEST(test_exec_attach_alloc) {
+    memboundStats before = stats(mb);
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "%s/tests/attachHelper %s alloc-write fromexec "
+             "3000 171", TEST_BUILDDIR, segName);
+    FILE *p = popen(cmd, "r");
+    ck_assert_ptr_nonnull(p);
+    unsigned long long reported = 0;
+    ck_assert_int_eq(fscanf(p, "off=%llu", &reported), 1);
+    ck_assert_int_eq(pclose(p), 0);
+    uint32_t type = 0;
+    dkoff off = 0;
+    ck_assert_int_eq(dkshmObjectFind(seg, "fromexec", &type, &off), DKSHM_OK);
+    ck_assert_uint_eq(type, DKSHM_TYPE_USER);
+    ck_assert_uint_eq(off, reported);
+    const unsigned char *c = dkshmPtr(seg, off);
+    for (int i = 0; i < 3000; i++)
+        ck_assert_uint_eq(c[i], 171);
+    size_t usable = 0;
+    ck_assert_int_eq(memboundUsableSize(mb, off, &usable), DKSHM_OK);
+    ck_assert_uint_ge(usable, 3000);
+    ck_assert_uint_eq(stats(mb).allocations, before.allocations + 1);
+    ck_assert_int_eq(dkshmObjectRemove(seg, "fromexec", DKSHM_TYPE_USER, &off),
+                     DKSHM_OK);
+    /* Remove left it in our in-flight list: free it from there. */
+    ck_assert_int_eq(memboundFreeInflight(mb, off), DKSHM_OK);
+    ck_assert_uint_eq(stats(mb).allocations, before.allocations);
+    ck_assert_uint_eq(stats(mb).used, before.used);
+    assertCheck(mb);
+}
+END_TEST
+
 static void *threadMain(void *arg) {
     churnArgs *a = arg;
     return (void *)(intptr_t)churn(a->m, a->ops, a->seed);
@@ -1177,7 +1212,7 @@ static Suite *memboundSuite(void) {
         {"density", {test_million_80}, 120},
         {"multiProcess",
          {test_procs_2, test_procs_4, test_procs_8, test_pool_fork,
-          test_threads},
+          test_threads, test_exec_attach_alloc},
          120},
         {"crash",
          {test_crash_alloc_slab_new, test_crash_alloc_slab_existing,

@@ -170,6 +170,12 @@ static int lockSlow(dkshm *s, fastMutex *m, uint32_t id, uint64_t deadline,
     }
 }
 
+static void unlockWord(fastMutex *m) {
+    uint32_t old = __atomic_exchange_n(&m->word, 0, __ATOMIC_RELEASE);
+    if (old & DK_LOCK_WAITERS)
+        dkFutexWake(&m->word, 1);
+}
+
 /* Record the lock at OFF as held by this process (dkProcSlot.held). FULL
  * when every entry is in use. */
 static int heldAdd(dkshm *s, dkoff off) {
@@ -199,9 +205,9 @@ static void heldDrop(dkshm *s, dkoff off) {
     }
 }
 
-bool dkRecoverHeld(dkshm *s, uint32_t slot, bool canLock) {
+int dkRecoverHeld(dkshm *s, uint32_t slot, bool canLock) {
     dkProcSlot *p = dkSlotAt(s, slot);
-    bool clean = true;
+    bool clean = true, corrupt = false;
     for (int i = 0; i < DK_HELD_MAX; i++) {
         dkoff off = __atomic_load_n(&p->held[i], __ATOMIC_RELAXED);
         if (off == 0)
@@ -210,7 +216,7 @@ bool dkRecoverHeld(dkshm *s, uint32_t slot, bool canLock) {
          * slot: its entries are not ours to clear. */
         if ((__atomic_load_n(&p->word, __ATOMIC_ACQUIRE) >> 32) !=
             DKSHM_PROC_DEAD)
-            return false;
+            return DKSHM_BUSY;
         /* Stale entries may point anywhere: only a word that names this
          * slot as owner is a lock the dead process holds. */
         if (dkRangeOk(s, off, sizeof(fastMutex)) && (off & 7) == 0) {
@@ -223,19 +229,21 @@ bool dkRecoverHeld(dkshm *s, uint32_t slot, bool canLock) {
                     continue;
                 }
                 int rc = fastMutexLock(s, m);
-                if (rc >= 0 || rc == DKSHM_CORRUPT)
+                if (rc == DKSHM_CORRUPT) {
+                    /* The log cannot be applied: release the lock but
+                     * keep the log, so that `check` reports it. */
+                    unlockWord(m);
+                    heldDrop(s, off);
+                    clean = false;
+                    corrupt = true;
+                } else if (rc >= 0) {
                     fastMutexUnlock(s, m);
+                }
             }
         }
         __atomic_store_n(&p->held[i], 0, __ATOMIC_RELAXED);
     }
-    return clean;
-}
-
-static void unlockWord(fastMutex *m) {
-    uint32_t old = __atomic_exchange_n(&m->word, 0, __ATOMIC_RELEASE);
-    if (old & DK_LOCK_WAITERS)
-        dkFutexWake(&m->word, 1);
+    return corrupt ? DKSHM_CORRUPT : clean ? DKSHM_OK : DKSHM_BUSY;
 }
 
 static int lockWith(dkshm *s, fastMutex *m, uint64_t deadline, bool try) {

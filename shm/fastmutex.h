@@ -61,8 +61,10 @@ DKSHM_API int fastMutexInit(dkshm *s, fastMutex *m, dkoff undo);
 
 /* Take M, sleeping while another process holds it. Returns OK, RECOVERED
  * (the owner died; its undo log was rolled back before returning), READONLY,
- * INVALID (null argument), CORRUPT (the lock's undo log is damaged; the lock
- * is then held and the caller must decide). */
+ * INVALID (null argument, M not inside the segment or misaligned), CORRUPT
+ * (the lock's undo log is damaged; the lock is then held and the caller
+ * must decide), FULL (M has an undo log and this process already holds
+ * DK_HELD_MAX = 32 such locks: M is not taken). */
 DKSHM_API int fastMutexLock(dkshm *s, fastMutex *m);
 /* Like fastMutexLock but BUSY at once when a live owner holds M. */
 DKSHM_API int fastMutexTryLock(dkshm *s, fastMutex *m);
@@ -98,11 +100,14 @@ DKSHM_API int fastCondBroadcast(dkshm *s, fastCond *c);
 
 DKSHM_API int fastRWLockInit(dkshm *s, fastRWLock *l, dkoff undo);
 /* Shared hold. A process may hold at most DKSHM_READ_SLOTS distinct
- * rwlocks for reading at once (FULL past that). TIMEOUTNS 0: no timeout. */
+ * rwlocks for reading at once (FULL past that). TIMEOUTNS 0: no timeout.
+ * TIMEDOUT; CORRUPT when a dead writer left an undo log that could not be
+ * applied (the writer's claim is cleared, the reader holds nothing). */
 DKSHM_API int fastRWLockRead(dkshm *s, fastRWLock *l, uint64_t timeoutNs);
 DKSHM_API int fastRWLockReadUnlock(dkshm *s, fastRWLock *l);
 /* Exclusive hold: waits for live readers to leave (dead readers are
- * ignored). May return RECOVERED like fastMutexLock. */
+ * ignored). Returns what fastMutexLock returns (RECOVERED, CORRUPT with
+ * the lock held, ...), or TIMEDOUT. */
 DKSHM_API int fastRWLockWrite(dkshm *s, fastRWLock *l, uint64_t timeoutNs);
 DKSHM_API int fastRWLockWriteUnlock(dkshm *s, fastRWLock *l);
 

@@ -165,11 +165,15 @@ static inline uint64_t slotWord(uint32_t state, uint32_t pid) {
 /* Finish freeing a DEAD slot: the locks it held (recovered), its read
  * holds, its in-flight blocks, then the slot. WITHHOOK false skips slots
  * that need locks taken (used while registering, when we have no id). */
-static bool finishReap(dkshm *s, uint32_t i, bool withHook) {
+static bool finishReap(dkshm *s, uint32_t i, bool withHook,
+                       bool *corrupt) {
     dkProcSlot *p = dkSlotAt(s, i);
     /* Locks first: rolling back a dead operation can put blocks back in
      * its in-flight list, which must then be freed too. */
-    if (!dkRecoverHeld(s, i, withHook))
+    int rc = dkRecoverHeld(s, i, withHook);
+    if (rc == DKSHM_CORRUPT)
+        *corrupt = true;
+    if (rc != DKSHM_OK)
         return false;
     bool inflight = false;
     for (int j = 0; j < DK_INFLIGHT_MAX; j++)
@@ -212,10 +216,10 @@ static bool markDead(dkshm *s, uint32_t i) {
     return true;
 }
 
-static size_t reapAll(dkshm *s, bool withHook) {
+static size_t reapAll(dkshm *s, bool withHook, bool *corrupt) {
     size_t n = 0;
     for (uint32_t i = 0; i < s->hdr->maxProcs; i++)
-        if (markDead(s, i) && finishReap(s, i, withHook))
+        if (markDead(s, i) && finishReap(s, i, withHook, corrupt))
             n++;
     return n;
 }
@@ -233,7 +237,8 @@ static int claimSlot(dkshm *s, uint32_t pid, uint32_t *out) {
                 return DKSHM_OK;
             }
         }
-        if (reapAll(s, false) == 0)
+        bool corrupt = false;
+        if (reapAll(s, false, &corrupt) == 0)
             break;
     }
     return DKSHM_FULL;
@@ -321,10 +326,11 @@ DKSHM_API int dkshmReap(dkshm *s, size_t *reaped) {
     int rc = dkSelf(s, &id); /* the reclaim hook takes locks */
     if (rc != DKSHM_OK)
         return rc;
-    size_t n = reapAll(s, true);
+    bool corrupt = false;
+    size_t n = reapAll(s, true, &corrupt);
     if (reaped)
         *reaped = n;
-    return DKSHM_OK;
+    return corrupt ? DKSHM_CORRUPT : DKSHM_OK;
 }
 
 DKSHM_API int dkshmProcList(dkshm *s, dkshmProcInfo *out, size_t max,

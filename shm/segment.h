@@ -138,9 +138,13 @@ typedef struct dkshmProcInfo { /* per process, filled by dkshmProcList */
 DKSHM_API int dkshmProcList(dkshm *s, dkshmProcInfo *out, size_t max,
                             size_t *count);
 
-/* Release every dead process: its table slot, its read locks and the blocks
- * it held in flight. Locks it held are recovered by their next locker.
- * *REAPED (may be NULL) gets how many processes were released. */
+/* Release every dead process: the undo-logged locks it held (taken and
+ * released, which rolls its interrupted operations back), its read holds,
+ * the blocks it held in flight, then its table slot. *REAPED (may be NULL)
+ * gets how many processes were released. CORRUPT when a dead process's lock
+ * had an undo log that could not be applied (the lock is released and the
+ * log kept for inspection); the other processes are still reaped. May
+ * block while a live process holds one of those locks. */
 DKSHM_API int dkshmReap(dkshm *s, size_t *reaped);
 
 /* The named-object directory. 0 is not a valid type; types below

@@ -188,8 +188,10 @@ static inline dkProcSlot *dkSelfSlot(dkshm *s) {
 /* Forget the locks dead slot SLOT held: entries whose lock no longer names
  * the slot are dropped; a lock that still does is taken and released, which
  * rolls back the dead operation, when CANLOCK (else the entry stays).
- * Returns whether every entry is gone. */
-bool dkRecoverHeld(dkshm *s, uint32_t slot, bool canLock);
+ * OK when every entry is gone, BUSY when some had to stay, CORRUPT when a
+ * lock's undo log could not be applied (the lock is released, the log kept
+ * for `dkshm-tool check` to report). */
+int dkRecoverHeld(dkshm *s, uint32_t slot, bool canLock);
 
 /* Whether the owner of lock id ID is alive (or might be: unknown = alive). */
 bool dkOwnerAlive(dkshm *s, uint32_t id);

@@ -1040,6 +1040,32 @@ START_TEST(test_undo_reaper_rolls_back) {
 }
 END_TEST
 
+/* The reaper meets a dead owner whose log is damaged: it says CORRUPT,
+ * writes nothing through the log, releases the lock and keeps the log so
+ * that an inspection still sees it. */
+START_TEST(test_undo_reaper_damaged_log) {
+    U = tMem(sizeof *U);
+    UL = tUndo(UNDO_CAP);
+    ck_rc(fastMutexInit(S, &U->m, dkOff(S, UL)), DKSHM_OK);
+    for (int i = 0; i < WORDS; i++)
+        U->a[i] = 3;
+    ck_assert_int_eq(testInChild(undoOpAt, (void *)(intptr_t)WORDS),
+                     TEST_KILLED);
+    uint32_t n = __atomic_load_n(&UL->count, __ATOMIC_RELAXED);
+    ck_assert_uint_gt(n, 0);
+    uint64_t before[WORDS];
+    for (int i = 0; i < WORDS; i++)
+        before[i] = U->a[i];
+    UL->rec[0].at = (8ull << 56) | (dkshmCapacity(S) + 64); /* outside */
+    ck_rc(dkshmReap(S, NULL), DKSHM_CORRUPT);
+    fastMutexState fs = inspect(&U->m);
+    ck_assert_msg(!fs.held, "the reaper kept a lock it could not repair");
+    ck_assert_uint_eq(__atomic_load_n(&UL->count, __ATOMIC_RELAXED), n);
+    for (int i = 0; i < WORDS; i++)
+        ck_assert_uint_eq(U->a[i], before[i]);
+}
+END_TEST
+
 /* A damaged log makes the lock answer CORRUPT (held by the caller) and
  * write nothing, not even the records that look valid. */
 enum {
@@ -1521,6 +1547,39 @@ START_TEST(test_rw_dead_writer_damaged_log_reader) {
 }
 END_TEST
 
+/* The same damage met by a writer: fastRWLockWrite says CORRUPT, and the
+ * write lock is then either held exclusively (readers kept out, like
+ * fastMutexLock's CORRUPT: the caller decides and unlocks) or not held at
+ * all. Held by the caller while readers walk in is neither. */
+static int readExpectTimeout(void *arg) {
+    (void)arg;
+    int rc = fastRWLockRead(S, &R->l, 100 * MS);
+    R->rc[0] = rc;
+    if (rc == DKSHM_OK)
+        fastRWLockReadUnlock(S, &R->l);
+    return rc == DKSHM_TIMEDOUT ? 0 : 1;
+}
+
+START_TEST(test_rw_dead_writer_damaged_log_writer) {
+    rwSetup(true);
+    reapChild(spawn(writeAndDie, NULL), TEST_KILLED);
+    RL->rec[0].at = (8ull << 56) | (S->size + 64);
+    __atomic_store_n(&RL->count, 1, __ATOMIC_RELEASE);
+    ck_rc(fastRWLockWrite(S, &R->l, 300 * MS), DKSHM_CORRUPT);
+    fastMutexState st = inspect(&R->l.writer);
+    if (st.held && st.ownerPid == (uint32_t)getpid()) {
+        int status = testInChild(readExpectTimeout, NULL);
+        ck_assert_msg(status == 0,
+                      "fastRWLockWrite returned CORRUPT holding the writer "
+                      "mutex, yet a reader got %s",
+                      dkshmErrName(R->rc[0]));
+        ck_rc(fastRWLockWriteUnlock(S, &R->l), DKSHM_OK);
+    }
+    ck_rc(fastRWLockRead(S, &R->l, 1000 * MS), DKSHM_OK);
+    ck_rc(fastRWLockReadUnlock(S, &R->l), DKSHM_OK);
+}
+END_TEST
+
 static int writeAndHold(void *arg) {
     (void)arg;
     if (fastRWLockWrite(S, &R->l, 0) != DKSHM_OK)
@@ -1780,6 +1839,7 @@ static Suite *fastmutexSuite(void) {
     tcase_add_test(tc, test_undo_mixed_widths);
     tcase_add_test(tc, test_undo_recoverer_killed);
     tcase_add_test(tc, test_undo_reaper_rolls_back);
+    tcase_add_test(tc, test_undo_reaper_damaged_log);
     tcase_add_test(tc, test_undo_damaged_log);
 
     tc = tcase(s, "fastCond", 30);
@@ -1797,6 +1857,7 @@ static Suite *fastmutexSuite(void) {
     tcase_add_test(tc, test_rw_dead_writer_then_reader);
     tcase_add_test(tc, test_rw_dead_writer_then_writer);
     tcase_add_test(tc, test_rw_dead_writer_damaged_log_reader);
+    tcase_add_test(tc, test_rw_dead_writer_damaged_log_writer);
     tcase_add_test(tc, test_rw_timeouts);
     tcase_add_test(tc, test_rw_read_slots_full);
     tcase_add_test(tc, test_rw_unlock_unheld);

@@ -9,5 +9,6 @@
 #include "segment.h"
 #include "fastmutex.h"
 #include "membound.h"
+#include "OSRegulate.h"
 
 #endif

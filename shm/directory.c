@@ -21,9 +21,11 @@
 #include "segmentInternal.h"
 #include "seqlock.h"
 
+#include <sched.h>
 #include <string.h>
 
 #define SEQ_SPINS 4096
+#define SEQ_WAIT_NS (2ull * 1000000000ull) /* readers wait for a live writer */
 #define DIR_UNDO_NEEDED 16 /* name x8, type, root, time, count, in-flight */
 
 DKSHM_API int dkshmValidateObjectName(const char *name) {
@@ -68,21 +70,36 @@ typedef bool (*entryFn)(const dkDirEntry *e, void *ctx);
 
 static int snapshot(dkshm *s, entryFn fn, void *ctx, void (*reset)(void *)) {
     dkHeader *h = s->hdr;
+    uint64_t deadline = 0;
     for (int spins = 0;; spins++) {
         uint32_t seq = dkSeqReadBegin(&h->dirSeq);
-        if (seq & 1) {
-            if (spins >= SEQ_SPINS) {
-                if (s->readOnly)
+        /* Odd with the lock free: a writer died and a reaper recovered
+         * its lock without a change of ours to repair the word; what is
+         * there is consistent as long as nobody takes the lock. */
+        bool quiet = (seq & 1) &&
+                     __atomic_load_n(&h->dirLock.word, __ATOMIC_ACQUIRE) == 0;
+        if ((seq & 1) && !quiet) {
+            if (spins < SEQ_SPINS)
+                continue;
+            uint32_t w = __atomic_load_n(&h->dirLock.word, __ATOMIC_RELAXED);
+            if (w != 0 && dkOwnerAlive(s, w)) {
+                /* A live writer at work: wait, within reason. */
+                uint64_t now = dkNowNs();
+                if (!deadline)
+                    deadline = now + SEQ_WAIT_NS;
+                else if (now >= deadline)
                     return DKSHM_BUSY;
-                /* A writer is mid-change, or dead: taking the lock waits
-                 * for it, or recovers it. */
-                dkUndo *log;
-                int rc = lockDir(s, &log);
-                if (rc < 0)
-                    return rc;
-                fastMutexUnlock(s, &h->dirLock);
-                spins = 0;
+                sched_yield();
+                continue;
             }
+            if (s->readOnly)
+                return DKSHM_BUSY; /* dead writer: only a writer recovers */
+            dkUndo *log;
+            int rc = lockDir(s, &log); /* recovers it and repairs dirSeq */
+            if (rc < 0)
+                return rc;
+            fastMutexUnlock(s, &h->dirLock);
+            spins = 0;
             continue;
         }
         reset(ctx);
@@ -92,7 +109,9 @@ static int snapshot(dkshm *s, entryFn fn, void *ctx, void (*reset)(void *)) {
             if (e.type != 0 && fn(&e, ctx))
                 break;
         }
-        if (!dkSeqReadRetry(&h->dirSeq, seq))
+        if (__atomic_load_n(&h->dirSeq, __ATOMIC_ACQUIRE) == seq &&
+            (!quiet ||
+             __atomic_load_n(&h->dirLock.word, __ATOMIC_ACQUIRE) == 0))
             return DKSHM_OK;
     }
 }

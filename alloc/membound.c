@@ -707,7 +707,7 @@ static void mbResetLocked(mbOp *op) {
     DKSHM_CRASHPOINT();
     /* In-flight blocks die with the rest: a process holding one between
      * the allocator and a container must not race a reset (documented). */
-    uint32_t procs = s->hdr->maxProcs;
+    uint32_t procs = s->maxProcs;
     if (procs > DKSHM_MAX_PROCS)
         procs = DKSHM_MAX_PROCS;
     dkoff end = mbPageOff(m, m->nPages);
@@ -1709,7 +1709,7 @@ static int mbInitHeap(dkshm *s) {
 static int mbReclaim(dkshm *s, uint32_t slot) {
     if (__atomic_load_n(&s->hdr->allocRoot, __ATOMIC_ACQUIRE) == 0)
         return DKSHM_OK; /* no allocator in this segment */
-    if (slot >= s->hdr->maxProcs)
+    if (slot >= s->maxProcs)
         return DKSHM_INVALID;
     membound *m = memboundForSegment(s);
     if (!m)

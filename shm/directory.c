@@ -39,7 +39,7 @@ DKSHM_API int dkshmValidateObjectName(const char *name) {
 }
 
 static dkDirEntry *entryAt(dkshm *s, uint32_t i) {
-    return (dkDirEntry *)(s->base + s->hdr->directory) + i;
+    return (dkDirEntry *)(s->base + s->directory) + i;
 }
 
 /* Copy entry I with word loads (it may be changing under us). */
@@ -103,7 +103,7 @@ static int snapshot(dkshm *s, entryFn fn, void *ctx, void (*reset)(void *)) {
             continue;
         }
         reset(ctx);
-        for (uint32_t i = 0; i < h->maxObjects; i++) {
+        for (uint32_t i = 0; i < s->maxObjects; i++) {
             dkDirEntry e;
             copyEntry(s, i, &e);
             if (e.type != 0 && fn(&e, ctx))
@@ -190,7 +190,7 @@ DKSHM_API int dkshmObjectList(dkshm *s, dkshmObjectInfo *out, size_t max,
 
 /* Index of the live entry called NAME, or -1. Caller holds dirLock. */
 static long findLocked(dkshm *s, const char *name) {
-    for (uint32_t i = 0; i < s->hdr->maxObjects; i++) {
+    for (uint32_t i = 0; i < s->maxObjects; i++) {
         dkDirEntry *e = entryAt(s, i);
         if (e->type != 0 && strncmp(e->name, name, sizeof e->name) == 0)
             return (long)i;
@@ -205,14 +205,14 @@ DKSHM_API int dkshmObjectCreate(dkshm *s, const char *name, uint32_t type,
     int rc = dkshmValidateObjectName(name);
     if (rc != DKSHM_OK)
         return rc;
-    if (root < s->hdr->heap || !dkRangeOk(s, root, 1))
+    if (root < s->heap || !dkRangeOk(s, root, 1))
         return DKSHM_INVALID;
     dkUndo *log;
     if ((rc = lockDir(s, &log)) != DKSHM_OK)
         return rc;
     long i = findLocked(s, name);
     long freeIdx = -1;
-    for (uint32_t j = 0; j < s->hdr->maxObjects && freeIdx < 0; j++)
+    for (uint32_t j = 0; j < s->maxObjects && freeIdx < 0; j++)
         if (entryAt(s, j)->type == 0)
             freeIdx = (long)j;
     if (i >= 0)

@@ -52,7 +52,7 @@ bool dkOwnerAlive(dkshm *s, uint32_t id) {
         return dkProcAlive(id & ~DK_ID_RAWPID, 0);
     uint32_t slot = id & ((1u << DK_ID_SLOT_BITS) - 1);
     uint32_t gen = id >> DK_ID_SLOT_BITS;
-    if (slot >= s->hdr->maxProcs)
+    if (slot >= s->maxProcs)
         return false; /* not an id we could have written */
     dkProcSlot *p = dkSlotAt(s, slot);
     uint64_t w = __atomic_load_n(&p->word, __ATOMIC_ACQUIRE);
@@ -69,7 +69,7 @@ uint32_t dkOwnerPid(dkshm *s, uint32_t id) {
     if (id & DK_ID_RAWPID)
         return id & ~DK_ID_RAWPID;
     uint32_t slot = id & ((1u << DK_ID_SLOT_BITS) - 1);
-    if (id == 0 || slot >= s->hdr->maxProcs)
+    if (id == 0 || slot >= s->maxProcs)
         return 0;
     dkProcSlot *p = dkSlotAt(s, slot);
     if ((__atomic_load_n(&p->gen, __ATOMIC_ACQUIRE) & DK_ID_GEN_MASK) !=
@@ -474,7 +474,7 @@ static int rdAdjust(dkshm *s, const fastRWLock *l, int delta) {
  * process at all holds L for reading. */
 static bool liveReaders(dkshm *s, const fastRWLock *l) {
     uint64_t key = rdKey(s, l);
-    for (uint32_t i = 0; i < s->hdr->maxProcs; i++) {
+    for (uint32_t i = 0; i < s->maxProcs; i++) {
         dkProcSlot *p = dkSlotAt(s, i);
         for (int j = 0; j < DKSHM_READ_SLOTS; j++) {
             uint64_t w = __atomic_load_n(&p->rdHold[j], __ATOMIC_SEQ_CST);

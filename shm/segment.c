@@ -134,8 +134,9 @@ static uint64_t headerChecksum(const dkHeader *h) {
     return XXH3_64bits(h, offsetof(dkHeader, checksum));
 }
 
-/* Validate a header copied out of a file of FILESIZE bytes. */
-static int checkHeader(const dkHeader *h, uint64_t fileSize) {
+/* Validate a header copied out of a file of FILESIZE bytes; *OUT (may be
+ * NULL) gets the layout it describes. */
+static int checkHeader(const dkHeader *h, uint64_t fileSize, layout *out) {
     if (h->magic != DK_MAGIC)
         return DKSHM_CORRUPT;
     if (h->layoutVersion != DK_LAYOUT_VERSION || h->format != DK_FORMAT)
@@ -153,6 +154,8 @@ static int checkHeader(const dkHeader *h, uint64_t fileSize) {
         l.procTable != h->procTable || l.directory != h->directory ||
         l.heap != h->heap || l.heapSize != h->heapSize)
         return DKSHM_CORRUPT;
+    if (out)
+        *out = l;
     return DKSHM_OK;
 }
 
@@ -218,7 +221,7 @@ static bool markDead(dkshm *s, uint32_t i) {
 
 static size_t reapAll(dkshm *s, bool withHook, bool *corrupt) {
     size_t n = 0;
-    for (uint32_t i = 0; i < s->hdr->maxProcs; i++)
+    for (uint32_t i = 0; i < s->maxProcs; i++)
         if (markDead(s, i) && finishReap(s, i, withHook, corrupt))
             n++;
     return n;
@@ -226,7 +229,7 @@ static size_t reapAll(dkshm *s, bool withHook, bool *corrupt) {
 
 static int claimSlot(dkshm *s, uint32_t pid, uint32_t *out) {
     for (int round = 0; round < 2; round++) {
-        for (uint32_t i = 0; i < s->hdr->maxProcs; i++) {
+        for (uint32_t i = 0; i < s->maxProcs; i++) {
             dkProcSlot *p = dkSlotAt(s, i);
             uint64_t w = __atomic_load_n(&p->word, __ATOMIC_RELAXED);
             if (w == 0 &&
@@ -338,7 +341,7 @@ DKSHM_API int dkshmProcList(dkshm *s, dkshmProcInfo *out, size_t max,
     if (!s || (!out && max))
         return DKSHM_INVALID;
     size_t n = 0;
-    for (uint32_t i = 0; i < s->hdr->maxProcs; i++) {
+    for (uint32_t i = 0; i < s->maxProcs; i++) {
         dkProcSlot *p = dkSlotAt(s, i);
         uint64_t w = __atomic_load_n(&p->word, __ATOMIC_ACQUIRE);
         if (w == 0)
@@ -426,21 +429,29 @@ static void freeHandle(dkshm *s) {
     free(s);
 }
 
-static int mapSegment(dkshm *s, uint64_t size, bool readOnly) {
-    void *p = mmap(NULL, size, readOnly ? PROT_READ : PROT_READ | PROT_WRITE,
+/* Map the file; L is the validated layout the handle will trust. */
+static int mapSegment(dkshm *s, const layout *l, bool readOnly) {
+    void *p = mmap(NULL, l->capacity,
+                   readOnly ? PROT_READ : PROT_READ | PROT_WRITE,
                    MAP_SHARED | MAP_NORESERVE, s->fd, 0);
     if (p == MAP_FAILED)
         return sysErr(errno);
     s->base = p;
-    s->size = size;
+    s->size = l->capacity;
     s->hdr = p;
     s->readOnly = readOnly;
+    s->maxProcs = l->maxProcs;
+    s->maxObjects = l->maxObjects;
+    s->procTable = l->procTable;
+    s->directory = l->directory;
+    s->heap = l->heap;
+    s->heapSize = l->heapSize;
     return DKSHM_OK;
 }
 
 /* Lay out a new segment on S->fd (sized already) and publish it READY. */
 static int initSegment(dkshm *s, const layout *l) {
-    int rc = mapSegment(s, l->capacity, false);
+    int rc = mapSegment(s, l, false);
     if (rc != DKSHM_OK)
         return rc;
     /* Pages the layer writes from now on must never SIGBUS. */
@@ -549,10 +560,11 @@ static int attachOn(dkshm *s, bool readOnly, const layout *takeover,
                          DK_INIT_READY;
         if (ready) {
             ofdLock(s->fd, F_UNLCK, false);
-            int rc = checkHeader(&h, (uint64_t)st.st_size);
+            layout l;
+            int rc = checkHeader(&h, (uint64_t)st.st_size, &l);
             if (rc != DKSHM_OK)
                 return rc;
-            return mapSegment(s, h.capacity, readOnly);
+            return mapSegment(s, &l, readOnly);
         }
         /* Not ready while we hold a read lock: the creator is not working
          * on it. Either it died half-way, or it has not locked yet (an
@@ -563,7 +575,7 @@ static int attachOn(dkshm *s, bool readOnly, const layout *takeover,
                         h.initState == DK_INIT_BUSY;
         ofdLock(s->fd, F_UNLCK, false);
         if (!empty && !halfMade) {
-            int rc = got == (ssize_t)sizeof h ? checkHeader(&h, 0)
+            int rc = got == (ssize_t)sizeof h ? checkHeader(&h, 0, NULL)
                                                : DKSHM_CORRUPT;
             return rc != DKSHM_OK ? rc : DKSHM_CORRUPT;
         }
@@ -803,7 +815,7 @@ DKSHM_API int dkshmGetInfo(dkshm *s, dkshmInfo *out) {
     out->heapOffset = h->heap;
     out->heapSize = h->heapSize;
     out->objects = __atomic_load_n(&h->objects, __ATOMIC_RELAXED);
-    for (uint32_t i = 0; i < h->maxProcs; i++) {
+    for (uint32_t i = 0; i < s->maxProcs; i++) {
         dkProcSlot *p = dkSlotAt(s, i);
         uint64_t w = __atomic_load_n(&p->word, __ATOMIC_ACQUIRE);
         if (w == 0)

@@ -114,6 +114,14 @@ struct dkshm { /* per process */
     bool readOnly;
     bool anonymous;
     char name[DKSHM_NAME_MAX + 1];
+    /* The layout, copied from the header once it was validated: a header
+     * damaged after attach cannot send the library outside the mapping. */
+    uint32_t maxProcs;
+    uint32_t maxObjects;
+    dkoff procTable;
+    dkoff directory;
+    dkoff heap;
+    uint64_t heapSize;
     uint32_t slot;     /* our process-table slot, valid when registered */
     uint32_t lockId;   /* our owner id in lock words; 0: not registered */
     uint64_t forkGen;  /* dkForkGeneration when lockId was taken */
@@ -156,7 +164,7 @@ static inline bool dkRangeOk(const dkshm *s, dkoff off, uint64_t len) {
 }
 
 static inline dkProcSlot *dkSlotAt(const dkshm *s, uint32_t i) {
-    return (dkProcSlot *)(s->base + s->hdr->procTable) + i;
+    return (dkProcSlot *)(s->base + s->procTable) + i;
 }
 
 /* Bumped in every child after fork(): handles compare it with their own

@@ -34,6 +34,7 @@
 #include <stdatomic.h>
 
 #define SPIN_TRIES 100
+#define HELD_WAIT_TRIES 1000
 #define POLL_NS ((uint64_t)DKSHM_LOCK_POLL_MS * 1000000ull)
 
 static inline void cpuRelax(void) {
@@ -62,6 +63,22 @@ bool dkOwnerAlive(dkshm *s, uint32_t id) {
         return false;
     return dkProcAlive((uint32_t)w,
                        __atomic_load_n(&p->startTime, __ATOMIC_RELAXED));
+}
+
+/* Cheap part of dkOwnerAlive: the owner's slot no longer holds it (the
+ * slot was reaped, marked dead, or reused). */
+static bool ownerSlotGone(dkshm *s, uint32_t id) {
+    id &= DK_ID_MASK;
+    if (id & DK_ID_RAWPID)
+        return false;
+    uint32_t slot = id & ((1u << DK_ID_SLOT_BITS) - 1);
+    if (slot >= s->maxProcs)
+        return true;
+    dkProcSlot *p = dkSlotAt(s, slot);
+    return (__atomic_load_n(&p->word, __ATOMIC_ACQUIRE) >> 32) !=
+               DKSHM_PROC_LIVE ||
+           (__atomic_load_n(&p->gen, __ATOMIC_ACQUIRE) & DK_ID_GEN_MASK) !=
+               id >> DK_ID_SLOT_BITS;
 }
 
 uint32_t dkOwnerPid(dkshm *s, uint32_t id) {
@@ -136,7 +153,9 @@ static int lockSlow(dkshm *s, fastMutex *m, uint32_t id, uint64_t deadline,
             continue;
         }
         uint64_t now = dkNowNs();
-        if (try || now - lastCheck >= POLL_NS) {
+        /* The full check reads /proc: every poll interval. Whether the
+         * owner's slot was reaped is a load: every time. */
+        if (try || now - lastCheck >= POLL_NS || ownerSlotGone(s, w)) {
             lastCheck = now;
             if (!dkOwnerAlive(s, w)) {
                 if (takeOver(m, w, id))
@@ -218,12 +237,28 @@ int dkRecoverHeld(dkshm *s, uint32_t slot, bool canLock) {
             DKSHM_PROC_DEAD)
             return DKSHM_BUSY;
         /* Stale entries may point anywhere: only a word that names this
-         * slot as owner is a lock the dead process holds. */
+         * slot as owner is a lock the dead process holds, and only that
+         * one do we take. A lock another process holds may be one it took
+         * over from the dead process and is rolling back right now, which
+         * can put blocks back in the dead process's in-flight list: wait
+         * (a little) for it to be free before forgetting the entry, and
+         * keep the entry (and the slot) if it stays held. */
         if (dkRangeOk(s, off, sizeof(fastMutex)) && (off & 7) == 0) {
             fastMutex *m = dkPtr(s, off);
-            uint32_t w = __atomic_load_n(&m->word, __ATOMIC_RELAXED);
-            if (w != 0 && !(w & DK_ID_RAWPID) &&
-                (w & ((1u << DK_ID_SLOT_BITS) - 1)) == slot) {
+            uint32_t w = __atomic_load_n(&m->word, __ATOMIC_ACQUIRE);
+            for (int tries = 0; w != 0 && tries < HELD_WAIT_TRIES &&
+                                (w & DK_ID_RAWPID ||
+                                 (w & ((1u << DK_ID_SLOT_BITS) - 1)) != slot);
+                 tries++) {
+                sched_yield();
+                w = __atomic_load_n(&m->word, __ATOMIC_ACQUIRE);
+            }
+            if (w != 0 && (w & DK_ID_RAWPID ||
+                           (w & ((1u << DK_ID_SLOT_BITS) - 1)) != slot)) {
+                clean = false; /* still held by another: look again later */
+                continue;
+            }
+            if (w != 0) {
                 if (!canLock) {
                     clean = false;
                     continue;

@@ -179,9 +179,13 @@ static bool finishReap(dkshm *s, uint32_t i, bool withHook,
     if (rc != DKSHM_OK)
         return false;
     bool inflight = false;
-    for (int j = 0; j < DK_INFLIGHT_MAX; j++)
-        if (__atomic_load_n(&p->inflight[j], __ATOMIC_RELAXED))
+    for (int j = 0; j < DK_INFLIGHT_MAX; j++) {
+        uint64_t e = __atomic_load_n(&p->inflight[j], __ATOMIC_RELAXED);
+        if (e == DK_INFLIGHT_CLAIMED) /* claimed, never filled: no block */
+            __atomic_store_n(&p->inflight[j], 0, __ATOMIC_RELAXED);
+        else if (e)
             inflight = true;
+    }
     if (inflight) {
         if (!withHook)
             return false;
@@ -296,11 +300,14 @@ int dkSelfId(dkshm *s, uint32_t *id) {
 int dkInflightAdd(dkshm *s, dkUndo *log, dkoff off) {
     dkProcSlot *p = dkSelfSlot(s);
     for (int j = 0; j < DK_INFLIGHT_MAX; j++) {
-        /* Threads of this process may clear other entries concurrently
-         * (under other locks); an entry only goes 0 -> off under the
-         * caller's lock, and each thread adds under one lock at a time. */
+        /* Threads of this process add under different locks: claim the
+         * entry with a CAS first, then log and fill it. A rollback puts
+         * the claim mark back, which reclaim drops (it is never a block). */
         uint64_t *e = &p->inflight[j];
-        if (__atomic_load_n(e, __ATOMIC_RELAXED) == 0) {
+        uint64_t zero = 0;
+        if (__atomic_load_n(e, __ATOMIC_RELAXED) == 0 &&
+            __atomic_compare_exchange_n(e, &zero, DK_INFLIGHT_CLAIMED, false,
+                                        __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
             dkUndoSet64(s, log, e, off);
             return DKSHM_OK;
         }

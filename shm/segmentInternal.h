@@ -35,6 +35,9 @@ enum { DK_INIT_BUSY = 0, DK_INIT_READY = 0x52454459 /* "READY" */ };
 
 #define DK_DIR_UNDO_RECS 48
 #define DK_INFLIGHT_MAX 16
+/* An in-flight entry claimed by a thread that is about to fill it: never
+ * the offset of a block (blocks are aligned). */
+#define DK_INFLIGHT_CLAIMED 1u
 /* Locks with an undo log one process may hold at once, over its threads. */
 #define DK_HELD_MAX 32
 

@@ -10,5 +10,6 @@
 #include "fastmutex.h"
 #include "membound.h"
 #include "OSRegulate.h"
+#include "multidict.h"
 
 #endif

@@ -1859,7 +1859,7 @@ static void checkProcs(checkCtx *c, const dkHeader *h, const uint8_t *meta,
         c->slots++;
         if (w == 0) {
             for (int k = 0; k < DK_INFLIGHT_MAX; k++)
-                if (p->inflight[k])
+                if (p->inflight[k] && p->inflight[k] != DK_INFLIGHT_CLAIMED)
                     addIssue(o, ISSUE_PROBLEM, where,
                              "free, but its in-flight list holds 0x%" PRIx64
                              " (leaked block)",
@@ -1893,7 +1893,9 @@ static void checkProcs(checkCtx *c, const dkHeader *h, const uint8_t *meta,
                      "process is dead and not reaped yet ('dkshm-tool reap')");
         for (int k = 0; k < DK_INFLIGHT_MAX; k++) {
             dkoff off = p->inflight[k];
-            if (!off)
+            /* DK_INFLIGHT_CLAIMED: a thread claimed the entry and had not
+             * filled it yet; reaping drops it. */
+            if (!off || off == DK_INFLIGHT_CLAIMED)
                 continue;
             if (off < h->heap || off >= h->heap + h->heapSize) {
                 addIssue(o, ISSUE_PROBLEM, where,

@@ -1,0 +1,456 @@
+/* benchDict.c — multidict against the "sharing tax" baseline.
+ *
+ * 1,000,000 keys of 16 bytes with 64-byte values (--keys, --vlen to
+ * change): preload, then random gets in 1 and N processes and random sets
+ * of existing keys in 1 process, side by side with two unshared, unlocked
+ * in-process open-addressing hash tables doing the same work:
+ *
+ *   baseline      slots of {hash, pointer} to malloc'd entries holding the
+ *                 key and value lengths and bytes: the same shape as
+ *                 multidict (variable-length keys and values, one table
+ *                 miss and one entry miss per lookup), minus the sharing:
+ *                 pointers instead of checked offsets, no seqlock, no
+ *                 locks, no undo log, malloc instead of a shared allocator
+ *   inline        slots holding the 16-byte key and 64-byte value inline:
+ *                 the fastest a fixed-size table can be, for reference
+ *
+ * Both baselines hash with XXH3-64 and probe linearly; their tables get the
+ * same load (<= 1/2) as multidict's at 1e6 keys. Keys are 8 bytes of index
+ * and 8 of a multiplicative hash of it, computed per operation (no key
+ * array to miss on); the order is a per-process xorshift sequence. Gets
+ * copy the value out; sets overwrite it with a new value of the same size.
+ *
+ * Also reports the segment bytes the allocator gave out for the entries and
+ * tables, and the pages they occupy.
+ *
+ *   tests/benchDict [--seconds S] [--repeat N] [--procs N] [--keys N]
+ *                   [--vlen N] [--shards N] [--json]
+ */
+#include "benchCommon.h"
+
+#include "dkshm.h"
+
+#include <math.h>
+#include <xxhash.h>
+
+typedef struct dictBench { /* per process: options beyond benchCommon's */
+    uint64_t keys;
+    uint32_t vlen;
+    uint32_t shards;
+    const char *only; /* "VARIANT:OP" for profiling one loop */
+} dictBench;
+
+static int extraOption(const char *name, const char *value, void *ctx) {
+    dictBench *b = ctx;
+    char *end = NULL;
+    if (!value)
+        return -1;
+    if (!strcmp(name, "--only")) {
+        b->only = value;
+        return 1;
+    }
+    unsigned long long v = strtoull(value, &end, 10);
+    if (*end || v == 0)
+        return -1;
+    if (!strcmp(name, "--keys"))
+        b->keys = v;
+    else if (!strcmp(name, "--vlen") && v <= 4096)
+        b->vlen = (uint32_t)v;
+    else if (!strcmp(name, "--shards") && v <= MULTIDICT_SHARDS_MAX)
+        b->shards = (uint32_t)v;
+    else
+        return -1;
+    return 1;
+}
+
+static const char extraUsage[] =
+    "  --keys N        keys to preload (default 1000000)\n"
+    "  --vlen N        value bytes (default 64)\n"
+    "  --shards N      multidict shards (default: the library default)\n"
+    "  --only V:OP     profiling: preload, then run only variant V (dict,\n"
+    "                  base, inline) doing OP (get, set) for --seconds\n";
+
+/* ---- keys and values ---------------------------------------------------- */
+
+static inline void makeKey(uint64_t i, uint64_t key[2]) {
+    key[0] = i;
+    key[1] = i * 0x9e3779b97f4a7c15ull;
+}
+
+static inline void makeValue(uint64_t i, uint64_t gen, uint8_t *v, uint32_t n) {
+    uint64_t w = i ^ (gen << 40);
+    for (uint32_t j = 0; j + 8 <= n; j += 8, w++)
+        memcpy(v + j, &w, 8);
+}
+
+static inline uint64_t rngNext(uint64_t *s) {
+    *s ^= *s >> 12;
+    *s ^= *s << 25;
+    *s ^= *s >> 27;
+    return *s * 2685821657736338717ull;
+}
+
+static inline uint64_t pick(uint64_t *s, uint64_t n) {
+    return (uint64_t)(((unsigned __int128)rngNext(s) * n) >> 64);
+}
+
+/* ---- the baselines ------------------------------------------------------ */
+
+typedef struct baseEntry { /* per process */
+    uint32_t klen;
+    uint32_t vlen;
+    uint8_t bytes[]; /* key, then value */
+} baseEntry;
+
+typedef struct baseSlot {
+    uint64_t hash;
+    baseEntry *e;
+} baseSlot;
+
+typedef struct baseTable {
+    baseSlot *slots;
+    uint64_t mask;
+} baseTable;
+
+static void baseInit(baseTable *t, uint64_t keys) {
+    uint64_t n = 16;
+    while (n < keys * 2)
+        n *= 2;
+    t->slots = calloc(n, sizeof *t->slots);
+    t->mask = n - 1;
+}
+
+static baseEntry *baseFind(baseTable *t, const void *key, uint32_t klen,
+                           uint64_t h, uint64_t *at) {
+    for (uint64_t i = h & t->mask;; i = (i + 1) & t->mask) {
+        baseSlot *s = &t->slots[i];
+        if (!s->e) {
+            *at = i;
+            return NULL;
+        }
+        if (s->hash == h && s->e->klen == klen &&
+            memcmp(s->e->bytes, key, klen) == 0) {
+            *at = i;
+            return s->e;
+        }
+    }
+}
+
+static void baseSet(baseTable *t, const void *key, uint32_t klen,
+                    const void *val, uint32_t vlen) {
+    uint64_t h = XXH3_64bits(key, klen), at;
+    baseEntry *e = baseFind(t, key, klen, h, &at);
+    if (e && e->vlen == vlen) {
+        memcpy(e->bytes + klen, val, vlen);
+        return;
+    }
+    baseEntry *n = malloc(sizeof *n + klen + vlen);
+    n->klen = klen;
+    n->vlen = vlen;
+    memcpy(n->bytes, key, klen);
+    memcpy(n->bytes + klen, val, vlen);
+    free(e);
+    t->slots[at] = (baseSlot){h, n};
+}
+
+static int baseGet(baseTable *t, const void *key, uint32_t klen, void *buf,
+                   size_t cap, size_t *vlen) {
+    uint64_t h = XXH3_64bits(key, klen), at;
+    baseEntry *e = baseFind(t, key, klen, h, &at);
+    if (!e)
+        return DKSHM_NOTFOUND;
+    *vlen = e->vlen;
+    if (e->vlen > cap)
+        return DKSHM_TOOBIG;
+    memcpy(buf, e->bytes + klen, e->vlen);
+    return DKSHM_OK;
+}
+
+typedef struct inlineSlot { /* 16-byte key, value up to 64 bytes */
+    uint64_t hash;
+    uint64_t key[2];
+    uint8_t value[64];
+} inlineSlot;
+
+typedef struct inlineTable {
+    inlineSlot *slots;
+    uint64_t mask;
+} inlineTable;
+
+static void inlineInit(inlineTable *t, uint64_t keys) {
+    uint64_t n = 16;
+    while (n < keys * 2)
+        n *= 2;
+    t->slots = calloc(n, sizeof *t->slots);
+    t->mask = n - 1;
+}
+
+static inlineSlot *inlineFind(inlineTable *t, const uint64_t key[2],
+                              uint64_t h) {
+    for (uint64_t i = h & t->mask;; i = (i + 1) & t->mask) {
+        inlineSlot *s = &t->slots[i];
+        if (s->hash == 0 ||
+            (s->hash == h && s->key[0] == key[0] && s->key[1] == key[1]))
+            return s;
+    }
+}
+
+/* ---- measured loops ----------------------------------------------------- */
+
+enum { V_DICT, V_BASE, V_INLINE, V_COUNT };
+
+typedef struct runCtx { /* per process; forked workers inherit it */
+    int variant;
+    bool set;
+    uint64_t keys;
+    uint32_t vlen;
+    multidict *d;
+    baseTable *base;
+    inlineTable *inl;
+    benchBarrier *barrier;
+    double seconds;
+    uint64_t *ops; /* shared: one per worker */
+} runCtx;
+
+/* Run gets or sets for the measurement time; returns operations done.
+ * Exits the process on an unexpected result. */
+static uint64_t runLoop(runCtx *c, uint64_t seed, uint64_t deadlineNs) {
+    uint8_t buf[4096];
+    uint64_t key[2], n = 0, sink = 0;
+    uint64_t gen = seed;
+    for (;;) {
+        for (int b = 0; b < 1024; b++, n++) {
+            uint64_t i = pick(&seed, c->keys);
+            makeKey(i, key);
+            size_t len = 0;
+            int rc = DKSHM_OK;
+            if (c->set) {
+                makeValue(i, gen + n, buf, c->vlen); /* a new value each time */
+                if (c->variant == V_DICT)
+                    rc = multidictSet(c->d, key, 16, buf, c->vlen);
+                else if (c->variant == V_BASE)
+                    baseSet(c->base, key, 16, buf, c->vlen);
+                else {
+                    uint64_t h = XXH3_64bits(key, 16);
+                    memcpy(inlineFind(c->inl, key, h)->value, buf, c->vlen);
+                }
+            } else {
+                if (c->variant == V_DICT)
+                    rc = multidictGet(c->d, key, 16, buf, sizeof buf, &len);
+                else if (c->variant == V_BASE)
+                    rc = baseGet(c->base, key, 16, buf, sizeof buf, &len);
+                else {
+                    uint64_t h = XXH3_64bits(key, 16);
+                    memcpy(buf, inlineFind(c->inl, key, h)->value, c->vlen);
+                }
+                sink += buf[0];
+            }
+            if (rc != DKSHM_OK) {
+                fprintf(stderr, "benchDict: %s failed: %s\n",
+                        c->set ? "set" : "get", dkshmErrName(rc));
+                exit(1);
+            }
+        }
+        if (benchNowNs() >= deadlineNs)
+            break;
+    }
+    __asm__ __volatile__("" ::"r"(sink));
+    return n;
+}
+
+static int worker(int index, void *arg) {
+    runCtx *c = arg;
+    benchBarrierWait(c->barrier);
+    uint64_t deadline = benchNowNs() + (uint64_t)(c->seconds * 1e9);
+    c->ops[index] = runLoop(
+        c, 0x1234567ull * (uint64_t)(index + 1) + (uint64_t)getpid(), deadline);
+    return 0;
+}
+
+/* Ops per second of PROCS processes (0: in this process). */
+static double measure(runCtx *c, int procs) {
+    if (procs == 0) {
+        uint64_t t0 = benchNowNs();
+        uint64_t n = runLoop(c, 99 + t0, t0 + (uint64_t)(c->seconds * 1e9));
+        return (double)n / ((double)(benchNowNs() - t0) / 1e9);
+    }
+    c->barrier = benchBarrierCreate(procs);
+    c->ops = benchSharedMem(sizeof(uint64_t) * (size_t)procs);
+    pid_t pids[64];
+    int started = benchSpawn(procs, worker, c, pids);
+    benchBarrierWait(c->barrier);
+    uint64_t t0 = benchNowNs();
+    int failed = benchWaitAll(started, pids);
+    double secs = (double)(benchNowNs() - t0) / 1e9;
+    uint64_t total = 0;
+    for (int i = 0; i < procs; i++)
+        total += c->ops[i];
+    benchBarrierFree(c->barrier);
+    munmap(c->ops, sizeof(uint64_t) * (size_t)procs);
+    if (failed || started != procs)
+        return NAN;
+    /* Workers stop at their own deadline: time from the common start. */
+    (void)secs;
+    return (double)total / c->seconds;
+}
+
+int main(int argc, char **argv) {
+    benchOptions o;
+    dictBench b = {.keys = 1000000, .vlen = 64};
+    int prc = benchParseArgs(argc, argv, &o, extraOption, &b, extraUsage);
+    if (prc)
+        return prc == 1 ? 0 : 2;
+    if (o.procs > 64)
+        o.procs = 64;
+    benchReport r;
+    benchReportInit(&r, "benchDict: multidict vs unshared hash tables", argc,
+                    argv);
+    char note[160];
+    snprintf(note, sizeof note,
+             "%llu keys of 16 bytes, %u-byte values; %.2f s per run, median "
+             "of %d; %d processes for the multi-process row",
+             (unsigned long long)b.keys, b.vlen, o.seconds, o.repeat, o.procs);
+    benchReportNote(&r, note);
+
+    uint64_t capacity = (uint64_t)(b.keys * (b.vlen + 200) + (64u << 20));
+    dkshm *s;
+    int rc = dkshmCreateAnonymous(capacity, NULL, &s);
+    if (rc != DKSHM_OK) {
+        fprintf(stderr, "benchDict: segment: %s\n", dkshmStrerror(rc));
+        return 1;
+    }
+    membound *mb = memboundForSegment(s);
+    size_t usedBefore = memboundBytesUsed(mb);
+    memboundStats ms0;
+    memboundGetStats(mb, &ms0);
+    multidictOptions mo = {.shards = b.shards};
+    multidict *d;
+    if ((rc = multidictOpen(s, "bench", &mo, MULTIDICT_CREATE, &d)) !=
+        DKSHM_OK) {
+        fprintf(stderr, "benchDict: open: %s\n", dkshmStrerror(rc));
+        return 1;
+    }
+    baseTable base;
+    baseInit(&base, b.keys);
+    inlineTable inl;
+    inlineInit(&inl, b.keys);
+    if (b.vlen > 64)
+        fprintf(stderr, "benchDict: inline baseline holds 64 bytes\n");
+
+    /* Preload: inserts of new keys, timed. */
+    uint8_t val[4096];
+    uint64_t key[2];
+    double preload[V_COUNT];
+    for (int v = 0; v < V_COUNT; v++) {
+        uint64_t t0 = benchNowNs();
+        for (uint64_t i = 0; i < b.keys; i++) {
+            makeKey(i, key);
+            makeValue(i, 0, val, b.vlen);
+            if (v == V_DICT) {
+                if ((rc = multidictSet(d, key, 16, val, b.vlen)) != DKSHM_OK) {
+                    fprintf(stderr, "benchDict: preload: %s\n",
+                            dkshmStrerror(rc));
+                    return 1;
+                }
+            } else if (v == V_BASE) {
+                baseSet(&base, key, 16, val, b.vlen);
+            } else {
+                uint64_t h = XXH3_64bits(key, 16);
+                inlineSlot *sl = inlineFind(&inl, key, h);
+                sl->hash = h;
+                memcpy(sl->key, key, 16);
+                memcpy(sl->value, val, b.vlen > 64 ? 64 : b.vlen);
+            }
+        }
+        preload[v] = (double)b.keys / ((double)(benchNowNs() - t0) / 1e9);
+    }
+
+    multidictStats st;
+    multidictGetStats(d, &st);
+    memboundStats ms;
+    memboundGetStats(mb, &ms);
+    snprintf(note, sizeof note,
+             "multidict: %u shards, %llu slots (max load %.2f), %llu resizes",
+             st.shards, (unsigned long long)st.slots, st.maxLoad,
+             (unsigned long long)st.resizes);
+    benchReportNote(&r, note);
+
+    const char *cols[V_COUNT] = {"multidict", "baseline", "inline"};
+    benchTable(&r, V_COUNT, cols);
+    benchTableRow(&r, "preload (insert new keys)", "ops/s", preload);
+
+    runCtx c = {.keys = b.keys,
+                .vlen = b.vlen,
+                .d = d,
+                .base = &base,
+                .inl = &inl,
+                .seconds = o.seconds};
+    if (b.only) {
+        static const char *names[V_COUNT] = {"dict", "base", "inline"};
+        for (int v = 0; v < V_COUNT; v++)
+            if (!strncmp(b.only, names[v], strlen(names[v])))
+                c.variant = v;
+        c.set = strstr(b.only, ":set") != NULL;
+        printf("%s: %.0f ops/s\n", b.only, measure(&c, 0));
+        return 0;
+    }
+    /* Variants take turns within each repeat, so that a busy moment of
+     * a shared machine does not fall on one of them only. */
+    double get1[V_COUNT], getN[V_COUNT], set1[V_COUNT];
+    double runs[3][V_COUNT][1000];
+    for (int rep = 0; rep < o.repeat; rep++) {
+        for (int v = 0; v < V_COUNT; v++) {
+            c.variant = v;
+            c.set = false;
+            runs[0][v][rep] = measure(&c, 0);
+            runs[1][v][rep] = measure(&c, o.procs);
+            c.set = true;
+            runs[2][v][rep] = measure(&c, 0);
+        }
+    }
+    for (int v = 0; v < V_COUNT; v++) {
+        get1[v] = benchMedian(runs[0][v], o.repeat);
+        getN[v] = benchMedian(runs[1][v], o.repeat);
+        set1[v] = benchMedian(runs[2][v], o.repeat);
+    }
+    char name[96];
+    benchTableRow(&r, "get, 1 process", "ops/s", get1);
+    snprintf(name, sizeof name, "get, %d processes (total)", o.procs);
+    benchTableRow(&r, name, "ops/s", getN);
+    benchTableRow(&r, "set existing key, 1 process", "ops/s", set1);
+    double ratio[V_COUNT];
+    for (int v = 0; v < V_COUNT; v++)
+        ratio[v] = getN[v] / get1[v];
+    snprintf(name, sizeof name, "get scaling, %d processes / 1", o.procs);
+    benchTableRow(&r, name, "x", ratio);
+
+    printf("\n");
+    benchRow(&r, "multidict get / baseline get", get1[V_DICT] / get1[V_BASE],
+             "x (target >= 0.7)");
+    benchRow(&r, "multidict get / inline get", get1[V_DICT] / get1[V_INLINE],
+             "x");
+    snprintf(name, sizeof name, "multidict get, %d procs / 1 proc", o.procs);
+    benchRow(&r, name, getN[V_DICT] / get1[V_DICT], "x (target >= 1.85)");
+    benchRow(&r, "multidict set / baseline set", set1[V_DICT] / set1[V_BASE],
+             "x (target >= 0.5)");
+    benchRow(&r, "multidict set / inline set", set1[V_DICT] / set1[V_INLINE],
+             "x");
+    double mib = 1024.0 * 1024.0;
+    benchRow(&r, "segment: allocator bytes in use",
+             (double)(memboundBytesUsed(mb) - usedBefore) / mib,
+             "MiB (target <= 192)");
+    benchRow(&r, "segment: ... plus slab slack (pages taken)",
+             (double)((ms.used + ms.slabSlack) - (ms0.used + ms0.slabSlack)) /
+                 mib,
+             "MiB");
+    benchRow(&r, "segment: entry bytes (headers, keys, values)",
+             (double)st.bytes / mib, "MiB");
+    benchRow(&r, "segment: slot tables", (double)st.tableBytes / mib, "MiB");
+    benchRow(&r, "segment bytes per entry",
+             (double)(memboundBytesUsed(mb) - usedBefore) / (double)b.keys,
+             "bytes");
+    benchReportPrint(&r);
+    multidictClose(d);
+    dkshmDetach(s);
+    return 0;
+}

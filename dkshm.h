@@ -11,5 +11,7 @@
 #include "membound.h"
 #include "OSRegulate.h"
 #include "multidict.h"
+#include "multilist.h"
+#include "multiarray.h"
 
 #endif

@@ -2,7 +2,8 @@
 # quickstart.sh — set up, build and run dkshm in one command.
 #
 #   ./quickstart.sh demo    install missing build dependencies, build, run
-#                           the demo (a forked worker pool sharing a segment)
+#                           the demo and the worker-pool example (forked
+#                           workers sharing a segment)
 #   ./quickstart.sh check   the same set-up, then the whole test suite
 #
 # Dependencies come from Debian/Ubuntu packages (apt-get, as root or through
@@ -39,6 +40,8 @@ jobs=$(nproc 2>/dev/null || echo 2)
 make -j"$jobs"
 if [ "$what" = demo ]; then
     ./examples/demo --kill
+    echo
+    ./examples/worker-pool
 else
     make -j"$jobs" check
 fi

@@ -11,6 +11,8 @@
 #include "membound.h"
 #include "OSRegulate.h"
 #include "multidict.h"
+#include "databox.h"
+#include "multimap.h"
 #include "multilist.h"
 #include "multiarray.h"
 

@@ -1202,7 +1202,9 @@ START_TEST(test_random_kill) {
     }
     int kills = 0;
     uint64_t start = dkNowNs(), nAcked = 0;
-    while (dkNowNs() - start < 1500000000ull) {
+    /* A number of kills, not a duration: slow (sanitizer) builds do the
+     * same test; the time cap only stops a hang. */
+    while (kills < 60 && dkNowNs() - start < 60000000000ull) {
         sleepMs(1 + (unsigned)(rng(&seed) % 10));
         uint64_t ids[512];
         ssize_t got;
@@ -1263,8 +1265,8 @@ START_TEST(test_random_kill) {
             "elements\n",
             kills, (unsigned long long)nAcked, (unsigned long long)n);
     ck_assert_uint_eq(missing, 0);
-    ck_assert_int_gt(kills, 20);
-    ck_assert_uint_gt(nAcked, 500);
+    ck_assert_int_eq(kills, 60);
+    ck_assert_uint_gt(nAcked, 0);
     free(acked);
     free(seen);
     munmap(sh, sizeof *sh);

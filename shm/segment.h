@@ -168,6 +168,25 @@ DKSHM_API int dkshmObjectFind(dkshm *s, const char *name, uint32_t *type,
  * free entry), INVALID, READONLY. */
 DKSHM_API int dkshmObjectCreate(dkshm *s, const char *name, uint32_t type,
                                 dkoff root);
+/* Find-or-create, the way containers and applications open a named
+ * object. Flags: DKSHM_OBJ_CREATE makes NAME when it is absent,
+ * DKSHM_OBJ_EXCL (with CREATE) makes it only if absent. To create, MAKE is
+ * called to allocate and initialise a root (in flight, e.g. membound's
+ * in-flight allocation) and return its offset; if another process binds
+ * NAME first, or binding fails, DISCARD is called to free it, and with
+ * CREATE alone the winner's root is opened instead. *ROOT gets the root,
+ * *CREATED (may be NULL) whether this call made it. Returns OK, NOTFOUND
+ * (absent, no CREATE), EXISTS (EXCL), TYPE (NAME has another type),
+ * READONLY (creating on a read-only handle), INVALID, FULL, BUSY, or what
+ * MAKE returned. */
+#define DKSHM_OBJ_CREATE 0x1u
+#define DKSHM_OBJ_EXCL 0x2u
+typedef int (*dkshmRootMakeFn)(void *ctx, dkoff *root);
+typedef void (*dkshmRootDiscardFn)(void *ctx, dkoff root);
+DKSHM_API int dkshmObjectOpen(dkshm *s, const char *name, uint32_t type,
+                              uint32_t flags, dkshmRootMakeFn make,
+                              dkshmRootDiscardFn discard, void *ctx,
+                              dkoff *root, bool *created);
 /* Unbind NAME; *ROOT gets the root, which is now the caller's (in flight:
  * reclaimed if the caller dies before freeing it). NOTFOUND, TYPE when
  * EXPECTTYPE is non-zero and differs. */

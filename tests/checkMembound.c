@@ -826,6 +826,101 @@ START_TEST(test_exec_attach_alloc) {
 }
 END_TEST
 
+/* dkshmObjectOpen with the allocator as root maker: the find-or-create an
+ * application uses for its own named structures. */
+static int makeRoot(void *ctx, dkoff *root) {
+    int rc = memboundAllocInflight(ctx, 256, root);
+    if (rc == DKSHM_OK)
+        memset(dkshmPtr(memboundSegment(ctx), *root), 0x5a, 256);
+    return rc;
+}
+
+static void discardRoot(void *ctx, dkoff root) {
+    memboundFreeInflight(ctx, root);
+}
+
+static int openRace(void *arg) {
+    (void)arg;
+    dkoff root;
+    bool created;
+    int rc = dkshmObjectOpen(seg, "shared", DKSHM_TYPE_USER, DKSHM_OBJ_CREATE,
+                             makeRoot, discardRoot, memboundForSegment(seg),
+                             &root, &created);
+    return rc != DKSHM_OK ? 100 : created ? 1 : 0;
+}
+
+START_TEST(test_object_open) {
+    memboundStats before = stats(mb);
+    dkoff root = 0, again = 0;
+    bool created = true;
+    ck_assert_int_eq(dkshmObjectOpen(seg, "obj", DKSHM_TYPE_USER, 0, NULL,
+                                     NULL, NULL, &root, &created),
+                     DKSHM_NOTFOUND);
+    ck_assert(!created);
+    /* Bad input changes nothing. */
+    ck_assert_int_eq(dkshmObjectOpen(seg, "obj", 0, DKSHM_OBJ_CREATE,
+                                     makeRoot, discardRoot, mb, &root, NULL),
+                     DKSHM_INVALID);
+    ck_assert_int_eq(dkshmObjectOpen(seg, "obj", DKSHM_TYPE_USER,
+                                     DKSHM_OBJ_CREATE, NULL, discardRoot, mb,
+                                     &root, NULL),
+                     DKSHM_INVALID);
+    ck_assert_int_eq(dkshmObjectOpen(seg, "obj", DKSHM_TYPE_USER,
+                                     DKSHM_OBJ_EXCL, makeRoot, discardRoot, mb,
+                                     &root, NULL),
+                     DKSHM_INVALID);
+    ck_assert_int_eq(dkshmObjectOpen(seg, "bad name", DKSHM_TYPE_USER,
+                                     DKSHM_OBJ_CREATE, makeRoot, discardRoot,
+                                     mb, &root, NULL),
+                     DKSHM_INVALID);
+    ck_assert_int_eq(dkshmObjectOpen(NULL, "obj", DKSHM_TYPE_USER,
+                                     DKSHM_OBJ_CREATE, makeRoot, discardRoot,
+                                     mb, &root, NULL),
+                     DKSHM_INVALID);
+    ck_assert_uint_eq(stats(mb).allocations, before.allocations);
+    /* Create, open, exclusive, wrong type. */
+    ck_assert_int_eq(dkshmObjectOpen(seg, "obj", DKSHM_TYPE_USER,
+                                     DKSHM_OBJ_CREATE, makeRoot, discardRoot,
+                                     mb, &root, &created),
+                     DKSHM_OK);
+    ck_assert(created);
+    ck_assert_int_eq(dkshmObjectOpen(seg, "obj", DKSHM_TYPE_USER,
+                                     DKSHM_OBJ_CREATE, makeRoot, discardRoot,
+                                     mb, &again, &created),
+                     DKSHM_OK);
+    ck_assert(!created);
+    ck_assert_uint_eq(again, root);
+    ck_assert_int_eq(dkshmObjectOpen(seg, "obj", DKSHM_TYPE_USER,
+                                     DKSHM_OBJ_CREATE | DKSHM_OBJ_EXCL,
+                                     makeRoot, discardRoot, mb, &again, NULL),
+                     DKSHM_EXISTS);
+    ck_assert_int_eq(dkshmObjectOpen(seg, "obj", DKSHM_TYPE_USER + 1, 0,
+                                     NULL, NULL, NULL, &again, NULL),
+                     DKSHM_TYPE);
+    ck_assert_uint_eq(stats(mb).allocations, before.allocations + 1);
+    /* Processes racing to create one name: one creates, all share it, and
+     * the losers' roots go back to the allocator. */
+    pid_t pids[4];
+    for (int i = 0; i < 4; i++) {
+        fflush(NULL);
+        pids[i] = fork();
+        ck_assert_int_ge(pids[i], 0);
+        if (pids[i] == 0)
+            _exit(openRace(NULL));
+    }
+    int creators = 0;
+    for (int i = 0; i < 4; i++) {
+        int st = testWait(pids[i]);
+        ck_assert_int_le(st, 1);
+        creators += st;
+    }
+    ck_assert_int_eq(creators, 1);
+    dkshmReap(seg, NULL);
+    ck_assert_uint_eq(stats(mb).allocations, before.allocations + 2);
+    assertCheck(mb);
+}
+END_TEST
+
 static void *threadMain(void *arg) {
     churnArgs *a = arg;
     return (void *)(intptr_t)churn(a->m, a->ops, a->seed);
@@ -1212,7 +1307,7 @@ static Suite *memboundSuite(void) {
         {"density", {test_million_80}, 120},
         {"multiProcess",
          {test_procs_2, test_procs_4, test_procs_8, test_pool_fork,
-          test_threads, test_exec_attach_alloc},
+          test_threads, test_exec_attach_alloc, test_object_open},
          120},
         {"crash",
          {test_crash_alloc_slab_new, test_crash_alloc_slab_existing,

@@ -1068,14 +1068,19 @@ static int mbAllocOp(membound *m, size_t size, dkoff *out, bool inflight) {
     if (rc != DKSHM_OK)
         return rc;
     dkoff off = 0;
+    uint64_t used = mbLoad64(&m->root->usedBytes);
     rc = mbAllocLocked(&op, size, &off);
     if (rc == DKSHM_FULL)
         __atomic_fetch_add(&m->root->fullErrors, 1, __ATOMIC_RELAXED);
     if (rc == DKSHM_OK && inflight)
         rc = dkInflightAdd(m->s, op.log, off);
-    if (rc == DKSHM_OK)
+    if (rc == DKSHM_OK) {
         *out = off;
-    else
+        /* The block's real size: what the used-bytes figure grew by. */
+        dkCount(m->s, DKSHM_CTR_ALLOCS, 1);
+        dkCount(m->s, DKSHM_CTR_ALLOC_BYTES,
+                mbLoad64(&m->root->usedBytes) - used);
+    } else
         mbAbort(&op);
     mbUnlock(&op);
     return rc;
@@ -1090,12 +1095,18 @@ static int mbFreeOp(membound *m, dkoff off, bool inflight) {
         return rc;
     if (inflight)
         rc = dkInflightRemove(m->s, op.log, off);
+    uint64_t used = mbLoad64(&m->root->usedBytes);
     if (rc == DKSHM_OK)
         rc = mbFreeLocked(&op, off);
     if (rc == DKSHM_INVALID)
         mbCountBadFree(m);
     if (rc != DKSHM_OK)
         mbAbort(&op);
+    else {
+        dkCount(m->s, DKSHM_CTR_FREES, 1);
+        dkCount(m->s, DKSHM_CTR_FREE_BYTES,
+                used - mbLoad64(&m->root->usedBytes));
+    }
     mbUnlock(&op);
     return rc;
 }

@@ -184,6 +184,7 @@ static int lockRoot(OSRegulate *h, uint32_t *slot, uint32_t *gen) {
         return rc;
     *slot = id & ((1u << DK_ID_SLOT_BITS) - 1);
     *gen = id >> DK_ID_SLOT_BITS;
+    dkCount(h->s, DKSHM_CTR_WRITES, 1);
     rc = fastMutexLock(h->s, &h->r->lock);
     return rc < 0 ? rc : DKSHM_OK;
 }

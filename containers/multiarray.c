@@ -189,6 +189,7 @@ static int maLock(multiarray *a, maOp *op, uint32_t what) {
     *op = (maOp){.a = a};
     if (a->readOnly)
         return DKSHM_READONLY;
+    dkCount(a->s, DKSHM_CTR_WRITES, 1);
     int rc = fastMutexLock(a->s, &a->root->lock);
     if (rc == DKSHM_CORRUPT) {
         fastMutexUnlock(a->s, &a->root->lock);
@@ -495,6 +496,7 @@ DKSHM_API int multiarrayGet(multiarray *a, uint64_t index, void *elem) {
         return DKSHM_INVALID;
     maRoot *r = a->root;
     dkshm *s = a->s;
+    dkCount(s, DKSHM_CTR_READS, 1);
     uint64_t waitSince = 0;
     int spins = 0;
     for (int tries = 0;;) {

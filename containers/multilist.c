@@ -268,6 +268,7 @@ static void mlFreeInflight(multilist *l, dkoff off) {
  * damaged log cannot be, and holding the lock would stop every caller, so
  * that is reported (multilistCheck says what is left). */
 static int mlLock(multilist *l, uint32_t op) {
+    dkCount(l->s, op == ML_OP_PEEK ? DKSHM_CTR_READS : DKSHM_CTR_WRITES, 1);
     int rc = fastMutexLock(l->s, &l->root->lock);
     if (rc == DKSHM_CORRUPT) {
         fastMutexUnlock(l->s, &l->root->lock);

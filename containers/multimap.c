@@ -1135,6 +1135,7 @@ static void mmOpInit(mmOp *op, multimap *t) {
 static int mmLockTree(multimap *t, mmOp *op) {
     if (t->readOnly)
         return DKSHM_READONLY;
+    dkCount(t->s, DKSHM_CTR_WRITES, 1);
     int rc = fastMutexLock(t->s, &t->h->lock);
     if (rc == DKSHM_CORRUPT) {
         fastMutexUnlock(t->s, &t->h->lock);
@@ -2541,6 +2542,7 @@ static int mmAnchorAttempt(multimap *a, void *c) {
 
 /* mmRead, through the current version when M is a versioned map. */
 static int mmReadMap(multimap *m, mmAttemptFn fn, void *ctx) {
+    dkCount(m->s, DKSHM_CTR_READS, 1);
     if (m->kind != MM_HANDLE_ANCHOR)
         return mmRead(m, fn, ctx);
     mmVerRead vr = {fn, ctx};

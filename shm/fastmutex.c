@@ -253,8 +253,13 @@ int dkRecoverHeld(dkshm *s, uint32_t slot, bool canLock) {
                 sched_yield();
                 w = __atomic_load_n(&m->word, __ATOMIC_ACQUIRE);
             }
-            if (w != 0 && (w & DK_ID_RAWPID ||
-                           (w & ((1u << DK_ID_SLOT_BITS) - 1)) != slot)) {
+            bool other = w != 0 &&
+                         (w & DK_ID_RAWPID ||
+                          (w & ((1u << DK_ID_SLOT_BITS) - 1)) != slot);
+            /* Held by another dead process (one that took the lock over
+             * from ours, rolled our operation back, and died holding it):
+             * nobody will free it but a locker, so be that locker. */
+            if (other && !(canLock && !dkOwnerAlive(s, w))) {
                 clean = false; /* still held by another: look again later */
                 continue;
             }
@@ -294,7 +299,12 @@ static int lockWith(dkshm *s, fastMutex *m, uint64_t deadline, bool try) {
     uint32_t zero = 0;
     if (!__atomic_compare_exchange_n(&m->word, &zero, id, false,
                                      __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
+        uint64_t t0 = try ? 0 : dkNowNs();
         rc = lockSlow(s, m, id, deadline, try);
+        if (!try) { /* for `dkshm-tool top`: contention, off the fast path */
+            dkCount(s, DKSHM_CTR_LOCK_WAITS, 1);
+            dkCount(s, DKSHM_CTR_LOCK_WAIT_NS, dkNowNs() - t0);
+        }
         if (rc < 0 && rc != DKSHM_CORRUPT) /* CORRUPT: held all the same */
             return rc;
     }

@@ -223,12 +223,25 @@ static bool markDead(dkshm *s, uint32_t i) {
     return true;
 }
 
+/* Passes until one frees nothing more: freeing a slot can unblock one
+ * met earlier in the pass (a lock that the later one held). */
 static size_t reapAll(dkshm *s, bool withHook, bool *corrupt) {
     size_t n = 0;
-    for (uint32_t i = 0; i < s->maxProcs; i++)
-        if (markDead(s, i) && finishReap(s, i, withHook, corrupt))
-            n++;
-    return n;
+    for (;;) {
+        size_t freed = 0;
+        bool left = false;
+        for (uint32_t i = 0; i < s->maxProcs; i++) {
+            if (!markDead(s, i))
+                continue;
+            if (finishReap(s, i, withHook, corrupt))
+                freed++;
+            else
+                left = true;
+        }
+        n += freed;
+        if (!left || freed == 0)
+            return n;
+    }
 }
 
 static int claimSlot(dkshm *s, uint32_t pid, uint32_t *out) {
@@ -278,7 +291,8 @@ int dkSelfId(dkshm *s, uint32_t *id) {
         __atomic_store_n(&p->rdHold[j], 0, __ATOMIC_RELAXED);
     for (int j = 0; j < DK_HELD_MAX; j++)
         __atomic_store_n(&p->held[j], 0, __ATOMIC_RELAXED);
-    memset(p->counters, 0, sizeof p->counters);
+    for (int j = 0; j < DKSHM_COUNTERS; j++)
+        __atomic_store_n(&p->counters[j], 0, __ATOMIC_RELAXED);
     uint32_t gen = __atomic_add_fetch(&p->gen, 1, __ATOMIC_RELAXED);
     if ((gen & DK_ID_GEN_MASK) == 0) /* id 0 means "unlocked" */
         gen = __atomic_add_fetch(&p->gen, 1, __ATOMIC_RELAXED);
@@ -372,6 +386,9 @@ DKSHM_API int dkshmProcList(dkshm *s, dkshmProcInfo *out, size_t max,
                 if (__atomic_load_n(&p->rdHold[j], __ATOMIC_RELAXED) &
                     0xfffff)
                     o->readLocks++;
+            for (int j = 0; j < DKSHM_COUNTERS; j++)
+                o->counters[j] =
+                    __atomic_load_n(&p->counters[j], __ATOMIC_RELAXED);
         }
         n++;
     }

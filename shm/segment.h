@@ -121,6 +121,24 @@ DKSHM_API int dkshmGetInfo(dkshm *s, dkshmInfo *out);
 enum { DKSHM_PROC_FREE = 0, DKSHM_PROC_CLAIMING, DKSHM_PROC_LIVE,
        DKSHM_PROC_DEAD };
 
+/* Per-process statistics, indexes of dkshmProcInfo.counters: operations
+ * on containers that only read, and that change something; lock
+ * acquisitions that had to wait, and the time they waited; allocator
+ * blocks and bytes allocated and freed (allocated - freed bytes is what the
+ * process holds now, whoever frees it later). Counters only grow, from 0
+ * when the process attached; a reader computes rates from two samples. */
+enum {
+    DKSHM_CTR_READS,
+    DKSHM_CTR_WRITES,
+    DKSHM_CTR_LOCK_WAITS,
+    DKSHM_CTR_LOCK_WAIT_NS,
+    DKSHM_CTR_ALLOCS,
+    DKSHM_CTR_FREES,
+    DKSHM_CTR_ALLOC_BYTES,
+    DKSHM_CTR_FREE_BYTES,
+    DKSHM_COUNTERS
+};
+
 typedef struct dkshmProcInfo { /* per process, filled by dkshmProcList */
     uint32_t slot;
     uint32_t state; /* DKSHM_PROC_... as recorded */
@@ -131,6 +149,7 @@ typedef struct dkshmProcInfo { /* per process, filled by dkshmProcList */
     bool alive;         /* checked now: pid exists with the same start time */
     uint32_t inflight;  /* blocks it holds between allocator and container */
     uint32_t readLocks; /* fastRWLock read holds */
+    uint64_t counters[DKSHM_COUNTERS]; /* DKSHM_CTR_... */
 } dkshmProcInfo;
 
 /* Fill up to MAX entries of attached (or dead, not yet reaped) processes;

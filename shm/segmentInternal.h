@@ -96,7 +96,11 @@ typedef struct dkProcSlot { /* in the segment, 8 cache lines */
      * BEFORE it frees the process's in-flight blocks: the rollback of a
      * dead operation may put blocks back in flight. */
     uint64_t held[DK_HELD_MAX];
-    uint64_t counters[8]; /* per-process statistics for `dkshm-tool top` */
+    /* Per-process statistics for `dkshm-tool top` (DK_CTR_..., atomic):
+     * written only by the process's own threads, on a line of their own,
+     * so counting adds no shared contention. Zeroed when the slot goes
+     * LIVE. */
+    uint64_t counters[DKSHM_COUNTERS];
 } dkProcSlot;
 
 typedef struct dkDirEntry { /* in the segment */
@@ -190,6 +194,18 @@ static inline int dkSelf(dkshm *s, uint32_t *id) {
         }
     }
     return dkSelfId(s, id);
+}
+/* Add N to this process's counter CTR (DKSHM_CTR_...) if it is
+ * registered in S; a process that never registered (it only read) counts
+ * nothing rather than taking a slot for statistics. */
+static inline void dkCount(dkshm *s, int ctr, uint64_t n) {
+    if (__atomic_load_n(&s->forkGen, __ATOMIC_ACQUIRE) ==
+            __atomic_load_n(&dkForkGeneration, __ATOMIC_RELAXED) &&
+        __atomic_load_n(&s->lockId, __ATOMIC_ACQUIRE) != 0)
+        __atomic_fetch_add(&dkSlotAt(s, __atomic_load_n(&s->slot,
+                                                        __ATOMIC_RELAXED))
+                                ->counters[ctr],
+                           n, __ATOMIC_RELAXED);
 }
 /* Our slot; only valid after dkSelf succeeded. */
 static inline dkProcSlot *dkSelfSlot(dkshm *s) {

@@ -1040,6 +1040,38 @@ START_TEST(test_undo_reaper_rolls_back) {
 }
 END_TEST
 
+/* Recovering is a chain: A dies mid-operation holding the lock, B takes
+ * it over (rolling A's operation back) and dies holding it. One reap
+ * frees both, whatever their order in the table: A's slot must wait for
+ * the lock B holds, which the reaper recovers itself. */
+START_TEST(test_undo_reaper_chain) {
+    U = tMem(sizeof *U);
+    UL = tUndo(UNDO_CAP);
+    ck_rc(fastMutexInit(S, &U->m, dkOff(S, UL)), DKSHM_OK);
+    for (int i = 0; i < WORDS; i++)
+        U->a[i] = 5;
+    ck_assert_int_eq(testInChild(undoOpAt, (void *)(intptr_t)WORDS),
+                     TEST_KILLED);
+    dieM = &U->m;
+    ck_assert_int_eq(testInChild(lockAndDie, NULL), TEST_KILLED);
+    fastMutexState fs = inspect(&U->m);
+    ck_assert(fs.held && fs.ownerDead);
+    ck_assert_uint_eq(fs.recoveries, 1); /* the second one recovered */
+    size_t reaped = 0, n = 0;
+    ck_rc(dkshmReap(S, &reaped), DKSHM_OK);
+    ck_assert_uint_eq(reaped, 2);
+    dkshmProcInfo info[8];
+    ck_rc(dkshmProcList(S, info, 8, &n), DKSHM_OK);
+    for (size_t i = 0; i < n && i < 8; i++)
+        ck_assert_msg(info[i].alive, "dead pid %u left in slot %u",
+                      info[i].pid, info[i].slot);
+    fs = inspect(&U->m);
+    ck_assert(!fs.held);
+    for (int i = 0; i < WORDS; i++)
+        ck_assert_uint_eq(U->a[i], 5);
+}
+END_TEST
+
 /* The reaper meets a dead owner whose log is damaged: it says CORRUPT,
  * writes nothing through the log, releases the lock and keeps the log so
  * that an inspection still sees it. */
@@ -1839,6 +1871,7 @@ static Suite *fastmutexSuite(void) {
     tcase_add_test(tc, test_undo_mixed_widths);
     tcase_add_test(tc, test_undo_recoverer_killed);
     tcase_add_test(tc, test_undo_reaper_rolls_back);
+    tcase_add_test(tc, test_undo_reaper_chain);
     tcase_add_test(tc, test_undo_reaper_damaged_log);
     tcase_add_test(tc, test_undo_damaged_log);
 

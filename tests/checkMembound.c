@@ -563,6 +563,71 @@ START_TEST(test_stats_exact) {
 }
 END_TEST
 
+/* The per-process counters `dkshm-tool top` reads: this process's
+ * allocations and frees with their real block sizes, and a lock wait. */
+static uint64_t myCounter(int ctr) {
+    dkshmProcInfo info[16];
+    size_t n = 0;
+    ck_assert_int_eq(dkshmProcList(seg, info, 16, &n), DKSHM_OK);
+    for (size_t i = 0; i < n && i < 16; i++)
+        if (info[i].pid == (uint32_t)getpid())
+            return info[i].counters[ctr];
+    ck_abort_msg("this process is not in the table");
+    return 0;
+}
+
+static fastMutex *ctrLock;
+static int holdLockBriefly(void *arg) {
+    (void)arg;
+    if (fastMutexLock(seg, ctrLock) != DKSHM_OK)
+        return 1;
+    usleep(50000);
+    return fastMutexUnlock(seg, ctrLock) == DKSHM_OK ? 0 : 2;
+}
+
+START_TEST(test_process_counters) {
+    dkoff off[10];
+    ck_assert_int_eq(memboundAllocOff(mb, 100, &off[0]), DKSHM_OK);
+    uint64_t a0 = myCounter(DKSHM_CTR_ALLOCS);
+    uint64_t f0 = myCounter(DKSHM_CTR_FREES);
+    uint64_t held0 = myCounter(DKSHM_CTR_ALLOC_BYTES) -
+                     myCounter(DKSHM_CTR_FREE_BYTES);
+    ck_assert_uint_ge(a0, 1);
+    for (int i = 1; i < 10; i++)
+        ck_assert_int_eq(memboundAllocOff(mb, 100, &off[i]), DKSHM_OK);
+    for (int i = 0; i < 4; i++)
+        ck_assert_int_eq(memboundFreeOff(mb, off[i]), DKSHM_OK);
+    ck_assert_int_eq(memboundFreeOff(mb, off[4] + 8), DKSHM_INVALID);
+    size_t usable = 0;
+    ck_assert_int_eq(memboundUsableSize(mb, off[5], &usable), DKSHM_OK);
+    ck_assert_uint_eq(myCounter(DKSHM_CTR_ALLOCS) - a0, 9);
+    ck_assert_uint_eq(myCounter(DKSHM_CTR_FREES) - f0, 4); /* not the bad one */
+    uint64_t held = myCounter(DKSHM_CTR_ALLOC_BYTES) -
+                    myCounter(DKSHM_CTR_FREE_BYTES);
+    ck_assert_uint_eq(held - held0, 5 * (uint64_t)usable);
+
+    dkoff m;
+    ck_assert_int_eq(memboundAllocOff(mb, sizeof(fastMutex), &m), DKSHM_OK);
+    ctrLock = dkshmPtr(seg, m);
+    ck_assert_int_eq(fastMutexInit(seg, ctrLock, 0), DKSHM_OK);
+    uint64_t w0 = myCounter(DKSHM_CTR_LOCK_WAITS);
+    uint64_t ns0 = myCounter(DKSHM_CTR_LOCK_WAIT_NS);
+    fflush(NULL);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0)
+        _exit(holdLockBriefly(NULL));
+    /* Wait until the child holds it, then queue behind it. */
+    while (__atomic_load_n(&ctrLock->word, __ATOMIC_ACQUIRE) == 0)
+        usleep(1000);
+    ck_assert_int_eq(fastMutexLock(seg, ctrLock), DKSHM_OK);
+    ck_assert_int_eq(fastMutexUnlock(seg, ctrLock), DKSHM_OK);
+    ck_assert_int_eq(testWait(pid), 0);
+    ck_assert_uint_eq(myCounter(DKSHM_CTR_LOCK_WAITS) - w0, 1);
+    ck_assert_uint_gt(myCounter(DKSHM_CTR_LOCK_WAIT_NS) - ns0, 1000000);
+}
+END_TEST
+
 START_TEST(test_fragmentation) {
     enum { N = 512 };
     dkoff pg[N];
@@ -1302,7 +1367,7 @@ static Suite *memboundSuite(void) {
          {test_bad_handle_and_sizes, test_bad_frees, test_read_only},
          30},
         {"full", {test_full}, 60},
-        {"stats", {test_stats_exact, test_fragmentation}, 30},
+        {"stats", {test_stats_exact, test_fragmentation, test_process_counters}, 30},
         {"decommit", {test_decommit}, 60},
         {"density", {test_million_80}, 120},
         {"multiProcess",

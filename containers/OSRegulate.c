@@ -120,6 +120,23 @@ static int newRoot(dkshm *s, const OSRegulateOptions *o, dkoff *out) {
     return DKSHM_OK;
 }
 
+/* dkshmObjectOpen's root maker and discarder; the open flags are its own. */
+_Static_assert(OSREGULATE_CREATE == DKSHM_OBJ_CREATE && OSREGULATE_EXCL == DKSHM_OBJ_EXCL,
+               "open flags");
+typedef struct osrMakeCtx {
+    dkshm *s;
+    const OSRegulateOptions *opt;
+} osrMakeCtx;
+
+static int osrMake(void *ctx, dkoff *root) {
+    osrMakeCtx *c = ctx;
+    return newRoot(c->s, c->opt, root);
+}
+
+static void osrDiscard(void *ctx, dkoff root) {
+    memboundFreeInflight(memboundForSegment(((osrMakeCtx *)ctx)->s), root);
+}
+
 DKSHM_API int OSRegulateOpen(dkshm *s, const char *name,
                              const OSRegulateOptions *opt, uint32_t flags,
                              OSRegulate **out) {
@@ -130,35 +147,13 @@ DKSHM_API int OSRegulateOpen(dkshm *s, const char *name,
     int rc = dkshmValidateObjectName(name);
     if (rc != DKSHM_OK)
         return rc;
+    osrMakeCtx mc = {s, opt};
     dkoff off = 0;
-    for (int tries = 0; tries < 8; tries++) {
-        uint32_t type;
-        rc = dkshmObjectFind(s, name, &type, &off);
-        if (rc == DKSHM_OK) {
-            if (flags & OSREGULATE_EXCL)
-                return DKSHM_EXISTS;
-            if (type != OSREGULATE_TYPE)
-                return DKSHM_TYPE;
-            rc = validRoot(s, off);
-            break;
-        }
-        if (rc != DKSHM_NOTFOUND || !(flags & OSREGULATE_CREATE))
-            return rc;
-        if (s->readOnly)
-            return DKSHM_READONLY;
-        if ((rc = newRoot(s, opt, &off)) != DKSHM_OK)
-            return rc;
-        rc = dkshmObjectCreate(s, name, OSREGULATE_TYPE, off);
-        if (rc == DKSHM_OK)
-            break;
-        /* Not bound (another process won the race, or no room): the
-         * block is still ours, in flight. */
-        memboundFreeInflight(memboundForSegment(s), off);
-        if (rc != DKSHM_EXISTS)
-            return rc;
-        if (flags & OSREGULATE_EXCL)
-            return DKSHM_EXISTS;
-    }
+    bool created;
+    rc = dkshmObjectOpen(s, name, OSREGULATE_TYPE, flags, osrMake, osrDiscard,
+                         &mc, &off, &created);
+    if (rc == DKSHM_OK && !created)
+        rc = validRoot(s, off);
     if (rc != DKSHM_OK)
         return rc;
     OSRegulate *h = calloc(1, sizeof *h);

@@ -629,6 +629,26 @@ static void maReserve(multiarray *a, uint64_t cap) {
     maUnlock(&op);
 }
 
+/* dkshmObjectOpen's root maker and discarder; the open flags are its own. */
+_Static_assert(MULTIARRAY_CREATE == DKSHM_OBJ_CREATE && MULTIARRAY_EXCL == DKSHM_OBJ_EXCL,
+               "open flags");
+typedef struct maMakeCtx {
+    multiarray *a;
+    dkshm *s;
+    const multiarrayOptions *opt;
+} maMakeCtx;
+
+static int maMake(void *ctx, dkoff *root) {
+    maMakeCtx *c = ctx;
+    if (!c->opt || c->opt->elemSize == 0)
+        return DKSHM_INVALID; /* creating needs the element size */
+    return maMakeRoot(c->a, c->s, c->opt, root);
+}
+
+static void maDiscard(void *ctx, dkoff root) {
+    memboundFreeInflight(((maMakeCtx *)ctx)->a->mb, root);
+}
+
 DKSHM_API int multiarrayOpen(dkshm *s, const char *name,
                              const multiarrayOptions *opt, uint32_t flags,
                              multiarray **out) {
@@ -649,44 +669,18 @@ DKSHM_API int multiarrayOpen(dkshm *s, const char *name,
         free(a);
         return DKSHM_FULL;
     }
-    for (int round = 0; round < 8; round++) {
-        uint32_t type;
-        dkoff root;
-        rc = dkshmObjectFind(s, name, &type, &root);
-        if (rc == DKSHM_OK) {
-            if (type != MULTIARRAY_TYPE)
-                rc = DKSHM_TYPE;
-            else if (flags & MULTIARRAY_EXCL)
-                rc = DKSHM_EXISTS;
-            else if ((rc = maAdopt(a, s, root)) == DKSHM_OK && opt &&
-                     opt->elemSize && opt->elemSize != a->es)
-                rc = DKSHM_INVALID;
-            break;
-        }
-        if (rc != DKSHM_NOTFOUND || !(flags & MULTIARRAY_CREATE))
-            break;
-        if (!opt || opt->elemSize == 0) {
-            rc = DKSHM_INVALID;
-            break;
-        }
-        if (dkshmReadOnly(s)) {
-            rc = DKSHM_READONLY;
-            break;
-        }
-        if ((rc = maMakeRoot(a, s, opt, &root)) != DKSHM_OK)
-            break;
-        DKSHM_CRASHPOINT();
-        rc = dkshmObjectCreate(s, name, MULTIARRAY_TYPE, root);
-        if (rc == DKSHM_OK) {
-            rc = maAdopt(a, s, root);
-            if (rc == DKSHM_OK && opt->initialCapacity)
-                maReserve(a, opt->initialCapacity);
-            break;
-        }
-        memboundFreeInflight(a->mb, root);
-        if (rc != DKSHM_EXISTS)
-            break;
-    }
+    maMakeCtx mc = {a, s, opt};
+    dkoff root;
+    bool created;
+    rc = dkshmObjectOpen(s, name, MULTIARRAY_TYPE, flags, maMake, maDiscard,
+                         &mc, &root, &created);
+    if (rc == DKSHM_OK)
+        rc = maAdopt(a, s, root);
+    if (rc == DKSHM_OK && created && opt->initialCapacity)
+        maReserve(a, opt->initialCapacity);
+    else if (rc == DKSHM_OK && !created && opt && opt->elemSize &&
+             opt->elemSize != a->es)
+        rc = DKSHM_INVALID; /* an existing array of another element size */
     if (rc != DKSHM_OK) {
         free(a);
         return rc;

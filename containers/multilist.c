@@ -1033,6 +1033,24 @@ static int mlMakeRoot(multilist *l, dkshm *s, const multilistOptions *opt,
     return DKSHM_OK;
 }
 
+/* dkshmObjectOpen's root maker and discarder; the open flags are its own. */
+_Static_assert(MULTILIST_CREATE == DKSHM_OBJ_CREATE && MULTILIST_EXCL == DKSHM_OBJ_EXCL,
+               "open flags");
+typedef struct mlMakeCtx {
+    multilist *l;
+    dkshm *s;
+    const multilistOptions *opt;
+} mlMakeCtx;
+
+static int mlMake(void *ctx, dkoff *root) {
+    mlMakeCtx *c = ctx;
+    return mlMakeRoot(c->l, c->s, c->opt, root);
+}
+
+static void mlDiscard(void *ctx, dkoff root) {
+    memboundFreeInflight(((mlMakeCtx *)ctx)->l->mb, root);
+}
+
 DKSHM_API int multilistOpen(dkshm *s, const char *name,
                             const multilistOptions *opt, uint32_t flags,
                             multilist **out) {
@@ -1054,39 +1072,12 @@ DKSHM_API int multilistOpen(dkshm *s, const char *name,
         free(l);
         return DKSHM_FULL;
     }
-    for (int round = 0; round < 8; round++) {
-        uint32_t type;
-        dkoff root;
-        rc = dkshmObjectFind(s, name, &type, &root);
-        if (rc == DKSHM_OK) {
-            if (type != MULTILIST_TYPE)
-                rc = DKSHM_TYPE;
-            else if (flags & MULTILIST_EXCL)
-                rc = DKSHM_EXISTS;
-            else
-                rc = mlAdopt(l, s, root);
-            break;
-        }
-        if (rc != DKSHM_NOTFOUND || !(flags & MULTILIST_CREATE))
-            break;
-        if (dkshmReadOnly(s)) {
-            rc = DKSHM_READONLY;
-            break;
-        }
-        if ((rc = mlMakeRoot(l, s, opt, &root)) != DKSHM_OK)
-            break;
-        DKSHM_CRASHPOINT();
-        rc = dkshmObjectCreate(s, name, MULTILIST_TYPE, root);
-        if (rc == DKSHM_OK) {
-            rc = mlAdopt(l, s, root);
-            break;
-        }
-        memboundFreeInflight(l->mb, root);
-        if (rc != DKSHM_EXISTS)
-            break;
-        /* Someone else created it first: open theirs (or, with EXCL, the
-         * next round says EXISTS). */
-    }
+    mlMakeCtx mc = {l, s, opt};
+    dkoff root;
+    rc = dkshmObjectOpen(s, name, MULTILIST_TYPE, flags, mlMake, mlDiscard,
+                         &mc, &root, NULL);
+    if (rc == DKSHM_OK)
+        rc = mlAdopt(l, s, root);
     if (rc != DKSHM_OK) {
         free(l);
         return rc;

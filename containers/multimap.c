@@ -2145,6 +2145,29 @@ static int mmAdopt(multimap *m, dkshm *s, dkoff off) {
     return DKSHM_OK;
 }
 
+/* dkshmObjectOpen's root maker and discarder; the open flags are its own. */
+_Static_assert(MULTIMAP_CREATE == DKSHM_OBJ_CREATE && MULTIMAP_EXCL == DKSHM_OBJ_EXCL,
+               "open flags");
+typedef struct mmMakeCtx {
+    multimap *m;
+    dkshm *s;
+    const multimapOptions *opt;
+    const char *name;
+} mmMakeCtx;
+
+static int mmMake(void *ctx, dkoff *root) {
+    mmMakeCtx *c = ctx;
+    const multimapOptions *opt = c->opt;
+    return mmMakeHeader(
+        c->s, c->m->mb, opt ? opt->keyMode : MULTIMAP_KEYS_BYTES,
+        opt && (opt->flags & MULTIMAP_VERSIONED) ? MM_H_VERSIONED : 0, 0,
+        c->name, root);
+}
+
+static void mmDiscard(void *ctx, dkoff root) {
+    memboundFreeInflight(((mmMakeCtx *)ctx)->m->mb, root);
+}
+
 DKSHM_API int multimapOpen(dkshm *s, const char *name,
                            const multimapOptions *opt, uint32_t flags,
                            multimap **out) {
@@ -2168,44 +2191,13 @@ DKSHM_API int multimapOpen(dkshm *s, const char *name,
         free(m);
         return DKSHM_FULL;
     }
-    for (int round = 0; round < 8; round++) {
-        uint32_t type;
-        dkoff root;
-        rc = dkshmObjectFind(s, name, &type, &root);
-        if (rc == DKSHM_OK) {
-            if (type != MULTIMAP_TYPE)
-                rc = DKSHM_TYPE;
-            else if (flags & MULTIMAP_EXCL)
-                rc = DKSHM_EXISTS;
-            else if ((rc = mmAdopt(m, s, root)) == DKSHM_OK &&
-                     (m->h->hflags & MM_H_VERSION))
-                rc = DKSHM_CORRUPT; /* a version is never bound to a name */
-            break;
-        }
-        if (rc != DKSHM_NOTFOUND || !(flags & MULTIMAP_CREATE))
-            break;
-        if (dkshmReadOnly(s)) {
-            rc = DKSHM_READONLY;
-            break;
-        }
-        rc = mmMakeHeader(
-            s, m->mb, opt ? opt->keyMode : MULTIMAP_KEYS_BYTES,
-            opt && (opt->flags & MULTIMAP_VERSIONED) ? MM_H_VERSIONED : 0, 0,
-            name, &root);
-        if (rc != DKSHM_OK)
-            break;
-        DKSHM_CRASHPOINT();
-        rc = dkshmObjectCreate(s, name, MULTIMAP_TYPE, root);
-        if (rc == DKSHM_OK) {
-            rc = mmAdopt(m, s, root);
-            break;
-        }
-        memboundFreeInflight(m->mb, root);
-        if (rc != DKSHM_EXISTS)
-            break;
-        /* Someone else created it first: open theirs (or, with EXCL, the
-         * next round says EXISTS). */
-    }
+    mmMakeCtx mc = {m, s, opt, name};
+    dkoff root;
+    rc = dkshmObjectOpen(s, name, MULTIMAP_TYPE, flags, mmMake, mmDiscard,
+                         &mc, &root, NULL);
+    if (rc == DKSHM_OK && (rc = mmAdopt(m, s, root)) == DKSHM_OK &&
+        (m->h->hflags & MM_H_VERSION))
+        rc = DKSHM_CORRUPT; /* a version is never bound to a name */
     if (rc != DKSHM_OK) {
         free(m);
         return rc;

@@ -309,6 +309,7 @@ DKSHM_API int dkshmObjectOpen(dkshm *s, const char *name, uint32_t type,
             return DKSHM_READONLY;
         if ((rc = make(ctx, &r)) != DKSHM_OK)
             return rc;
+        DKSHM_CRASHPOINT(); /* a root made, not bound: reap frees it */
         rc = dkshmObjectCreate(s, name, type, r);
         if (rc == DKSHM_OK) {
             *root = r;

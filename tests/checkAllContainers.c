@@ -107,14 +107,11 @@ static int work(dkshm *s, uint32_t w) {
     return 0;
 }
 
-static char segName[DKSHM_NAME_MAX + 1];
 static dkshm *S;
 static handles H;
 
 static void setup(void) {
-    snprintf(segName, sizeof segName, "%s", testSegName("all"));
-    dkshmUnlink(segName);
-    ck_assert_int_eq(dkshmCreate(segName, 32u << 20, NULL, &S), DKSHM_OK);
+    testMakeSegment("all", 32u << 20, NULL, &S, NULL);
     ck_assert_int_eq(openAll(S, true, &H), DKSHM_OK);
     dkoff off;
     ck_assert_int_eq(
@@ -127,25 +124,16 @@ static void setup(void) {
 
 static void teardown(void) {
     closeAll(&H);
-    dkshmDetach(S);
-    dkshmUnlink(segName);
+    testDropSegment(&S, NULL);
 }
 
 static void assertChecks(void) {
-    char why[160] = "";
-    ck_assert_msg(multidictCheck(H.ctr, why, sizeof why) == DKSHM_OK, "%s",
-                  why);
-    ck_assert_msg(multimapCheck(H.map, why, sizeof why) == DKSHM_OK, "%s",
-                  why);
-    ck_assert_msg(multilistCheck(H.queue, why, sizeof why) == DKSHM_OK, "%s",
-                  why);
-    ck_assert_msg(multiarrayCheck(H.log, why, sizeof why) == DKSHM_OK, "%s",
-                  why);
-    ck_assert_msg(OSRegulateCheck(H.lim, why, sizeof why) == DKSHM_OK, "%s",
-                  why);
-    ck_assert_msg(memboundCheck(memboundForSegment(S), why, sizeof why) ==
-                      DKSHM_OK,
-                  "%s", why);
+    TEST_ASSERT_CHECK(multidictCheck, H.ctr);
+    TEST_ASSERT_CHECK(multimapCheck, H.map);
+    TEST_ASSERT_CHECK(multilistCheck, H.queue);
+    TEST_ASSERT_CHECK(multiarrayCheck, H.log);
+    TEST_ASSERT_CHECK(OSRegulateCheck, H.lim);
+    TEST_ASSERT_CHECK(memboundCheck, memboundForSegment(S));
 }
 
 START_TEST(test_forked_and_execd) {
@@ -164,8 +152,8 @@ START_TEST(test_forked_and_execd) {
     if (pids[WORKERS] == 0) {
         char w[16];
         snprintf(w, sizeof w, "%u", WORKERS);
-        execl("/proc/self/exe", "checkAllContainers", "--worker", segName, w,
-              (char *)NULL);
+        execl("/proc/self/exe", "checkAllContainers", "--worker",
+              testSegmentName(), w, (char *)NULL);
         _exit(127);
     }
     for (uint32_t w = 0; w < all; w++)
@@ -243,13 +231,8 @@ static int permitChurn(void *arg) {
 
 START_TEST(test_random_kill_permits) {
     pid_t pids[3];
-    for (int i = 0; i < 3; i++) {
-        fflush(NULL);
-        pids[i] = fork();
-        ck_assert_int_ge(pids[i], 0);
-        if (pids[i] == 0)
-            _exit(permitChurn(NULL));
-    }
+    for (int i = 0; i < 3; i++)
+        pids[i] = testSpawn(permitChurn, NULL);
     uint64_t seed = 99;
     for (int kills = 0; kills < 40; kills++) {
         seed = seed * 6364136223846793005ull + 1442695040888963407ull;
@@ -257,11 +240,7 @@ START_TEST(test_random_kill_permits) {
         int w = (int)((seed >> 20) % 3);
         kill(pids[w], SIGKILL);
         ck_assert_int_eq(testWait(pids[w]), TEST_KILLED);
-        fflush(NULL);
-        pids[w] = fork();
-        ck_assert_int_ge(pids[w], 0);
-        if (pids[w] == 0)
-            _exit(permitChurn(NULL));
+        pids[w] = testSpawn(permitChurn, NULL);
     }
     for (int i = 0; i < 3; i++) {
         kill(pids[i], SIGKILL);
@@ -290,12 +269,10 @@ int main(int argc, char **argv) {
         dkshmDetach(s);
         return rc;
     }
+    testSetPrefix("all");
     Suite *s = suite_create("allContainers");
-    TCase *tc = tcase_create("together");
-    tcase_add_checked_fixture(tc, setup, teardown);
-    tcase_set_timeout(tc, 120);
+    TCase *tc = testAddCase(s, "together", setup, teardown, 120);
     tcase_add_test(tc, test_forked_and_execd);
     tcase_add_test(tc, test_random_kill_permits);
-    suite_add_tcase(s, tc);
     return testRunSuite(s);
 }

@@ -26,13 +26,6 @@ static uint64_t bitsOf(double d) {
     return u;
 }
 
-static uint64_t rng(uint64_t *s) { /* xorshift64* */
-    *s ^= *s >> 12;
-    *s ^= *s << 25;
-    *s ^= *s >> 27;
-    return *s * 2685821657736338717ull;
-}
-
 /* Encode B, decode it again, and check it is the same box and the size is
  * what databoxEncodedSize said. Returns the encoded size. */
 static size_t roundTrip(const databox *b) {
@@ -287,11 +280,11 @@ START_TEST(test_decode_random_bytes) {
     uint8_t buf[64], again[64];
     int ok = 0;
     for (int i = 0; i < 200000; i++) {
-        size_t n = rng(&seed) % sizeof buf;
+        size_t n = testRng(&seed) % sizeof buf;
         for (size_t j = 0; j < n; j++)
-            buf[j] = (uint8_t)rng(&seed);
+            buf[j] = (uint8_t)testRng(&seed);
         if (n && (i & 1))
-            buf[0] = (uint8_t)((buf[0] & 0xf0) | (1 + rng(&seed) % 6));
+            buf[0] = (uint8_t)((buf[0] & 0xf0) | (1 + testRng(&seed) % 6));
         databox d;
         size_t used = 0;
         int rc = databoxDecode(buf, n, &d, &used);
@@ -394,19 +387,19 @@ START_TEST(test_order_random_numbers) {
         long double x[2];
         databox *p[2] = {&a, &b};
         for (int k = 0; k < 2; k++) {
-            uint64_t r = rng(&seed);
+            uint64_t r = testRng(&seed);
             switch (r % 3) {
             case 0:
-                *p[k] = databoxInt64((int64_t)(rng(&seed) >> (1 + r % 63)) *
+                *p[k] = databoxInt64((int64_t)(testRng(&seed) >> (1 + r % 63)) *
                                      ((r & 8) ? -1 : 1));
                 x[k] = (long double)p[k]->v.i64;
                 break;
             case 1:
-                *p[k] = databoxUint64(rng(&seed) >> (r % 64));
+                *p[k] = databoxUint64(testRng(&seed) >> (r % 64));
                 x[k] = (long double)p[k]->v.u64;
                 break;
             default: {
-                double d = (double)(int64_t)(rng(&seed) >> (r % 64)) /
+                double d = (double)(int64_t)(testRng(&seed) >> (r % 64)) /
                            (double)(1 + (r >> 60));
                 if (r & 16)
                     d = -d;
@@ -479,11 +472,9 @@ END_TEST
  */
 
 START_TEST(test_store_load) {
-    const char *name = testSegName("dbox");
-    dkshmUnlink(name);
     dkshm *s;
-    ck_assert_int_eq(dkshmCreate(name, 4 * MiB, NULL, &s), DKSHM_OK);
-    membound *mb = memboundForSegment(s);
+    membound *mb;
+    testMakeSegment("dbox", 4 * MiB, NULL, &s, &mb);
     size_t base = memboundCurrentAllocationCount(mb);
     static uint8_t big[5000];
     memset(big, 0x5a, sizeof big);
@@ -545,38 +536,33 @@ START_TEST(test_store_load) {
     ck_assert_uint_eq(memboundCurrentAllocationCount(mb), base);
     /* Read-only attachment. */
     dkshm *ro;
-    ck_assert_int_eq(dkshmAttach(name, DKSHM_RDONLY, &ro), DKSHM_OK);
+    ck_assert_int_eq(dkshmAttach(testSegmentName(), DKSHM_RDONLY, &ro),
+                     DKSHM_OK);
     ck_assert_int_eq(databoxStore(ro, &boxes[0], &off), DKSHM_READONLY);
     dkshmDetach(ro);
-    dkshmDetach(s);
-    dkshmUnlink(name);
+    testDropSegment(&s, &mb);
 }
 END_TEST
 
 static Suite *databoxSuite(void) {
     Suite *s = suite_create("databox");
-    TCase *tc = tcase_create("values");
-    tcase_set_timeout(tc, 30);
+    TCase *tc = testAddCase(s, "values", NULL, NULL, 30);
     tcase_add_test(tc, test_constructors_validate);
     tcase_add_test(tc, test_encoding_sizes);
     tcase_add_test(tc, test_round_trips);
     tcase_add_test(tc, test_encode_toobig);
     tcase_add_test(tc, test_decode_malformed);
     tcase_add_test(tc, test_decode_random_bytes);
-    suite_add_tcase(s, tc);
-    tc = tcase_create("order");
-    tcase_set_timeout(tc, 30);
+    tc = testAddCase(s, "order", NULL, NULL, 30);
     tcase_add_test(tc, test_total_order);
     tcase_add_test(tc, test_order_random_numbers);
-    suite_add_tcase(s, tc);
-    tc = tcase_create("copies");
-    tcase_set_timeout(tc, 30);
+    tc = testAddCase(s, "copies", NULL, NULL, 30);
     tcase_add_test(tc, test_copy_dup_release);
     tcase_add_test(tc, test_store_load);
-    suite_add_tcase(s, tc);
     return s;
 }
 
 int main(void) {
+    testSetPrefix("db");
     return testRunSuite(databoxSuite());
 }

@@ -108,16 +108,6 @@ static bool waitAtLeast(const uint32_t *w, uint32_t v, uint64_t ms) {
     return true;
 }
 
-/* Fork a child that runs FN(ARG) and exits with its result. */
-static pid_t spawn(int (*fn)(void *), void *arg) {
-    fflush(NULL);
-    pid_t pid = fork();
-    ck_assert_int_ge(pid, 0);
-    if (pid == 0)
-        _exit(fn(arg));
-    return pid;
-}
-
 static void reapChild(pid_t pid, int want) {
     int st = testWait(pid);
     ck_assert_msg(st == want, "child %d: status %d, expected %d", (int)pid, st,
@@ -143,7 +133,7 @@ static int lockAndDie(void *arg) {
 
 static pid_t deadHolder(fastMutex *m) {
     dieM = m;
-    pid_t pid = spawn(lockAndDie, NULL);
+    pid_t pid = testSpawn(lockAndDie, NULL);
     reapChild(pid, TEST_KILLED);
     return pid;
 }
@@ -214,7 +204,7 @@ END_TEST
 START_TEST(test_mutex_busy_timeout_live_owner) {
     H = tMem(sizeof *H);
     ck_rc(fastMutexInit(S, &H->m, 0), DKSHM_OK);
-    pid_t pid = spawn(holdUntilReleased, NULL);
+    pid_t pid = testSpawn(holdUntilReleased, NULL);
     ck_assert(waitAtLeast(&H->held, 1, LONG_WAIT_MS));
 
     ck_rc(fastMutexTryLock(S, &H->m), DKSHM_BUSY);
@@ -270,9 +260,9 @@ static bool waitForWaiters(const fastMutex *m) {
 START_TEST(test_mutex_inspect_waiters) {
     H = tMem(sizeof *H);
     ck_rc(fastMutexInit(S, &H->m, 0), DKSHM_OK);
-    pid_t holder = spawn(holdUntilReleased, NULL);
+    pid_t holder = testSpawn(holdUntilReleased, NULL);
     ck_assert(waitAtLeast(&H->held, 1, LONG_WAIT_MS));
-    pid_t waiter = spawn(blockedWaiter, (void *)(intptr_t)0);
+    pid_t waiter = testSpawn(blockedWaiter, (void *)(intptr_t)0);
     ck_assert_msg(waitForWaiters(&H->m), "the waiters bit never showed");
     fastMutexState st = inspect(&H->m);
     ck_assert(st.held && st.waiters && !st.ownerDead);
@@ -517,7 +507,7 @@ START_TEST(test_excl_processes) {
     exclSetup();
     pid_t p[4];
     for (int i = 0; i < 4; i++)
-        p[i] = spawn(exclProcess, (void *)(intptr_t)1);
+        p[i] = testSpawn(exclProcess, (void *)(intptr_t)1);
     for (int i = 0; i < 4; i++)
         reapChild(p[i], 0);
     exclCheck(4ull * EXCL_ITERS);
@@ -535,7 +525,7 @@ START_TEST(test_excl_processes_and_threads) {
     exclSetup();
     pid_t p[2];
     for (int i = 0; i < 2; i++)
-        p[i] = spawn(exclProcess, (void *)(intptr_t)2);
+        p[i] = testSpawn(exclProcess, (void *)(intptr_t)2);
     for (int i = 0; i < 2; i++)
         reapChild(p[i], 0);
     exclCheck(4ull * EXCL_ITERS);
@@ -618,7 +608,7 @@ END_TEST
 START_TEST(test_robust_owner_killed_zombie) {
     H = tMem(sizeof *H);
     ck_rc(fastMutexInit(S, &H->m, 0), DKSHM_OK);
-    pid_t pid = spawn(holdForever, NULL);
+    pid_t pid = testSpawn(holdForever, NULL);
     ck_assert(waitAtLeast(&H->held, 1, LONG_WAIT_MS));
     ck_assert_int_eq(kill(pid, SIGKILL), 0);
     ck_rc(fastMutexLock(S, &H->m), DKSHM_RECOVERED);
@@ -633,11 +623,11 @@ END_TEST
 START_TEST(test_robust_sleeping_waiters) {
     H = tMem(sizeof *H);
     ck_rc(fastMutexInit(S, &H->m, 0), DKSHM_OK);
-    pid_t holder = spawn(holdForever, NULL);
+    pid_t holder = testSpawn(holdForever, NULL);
     ck_assert(waitAtLeast(&H->held, 1, LONG_WAIT_MS));
     pid_t w[2];
     for (int i = 0; i < 2; i++)
-        w[i] = spawn(blockedWaiter, (void *)(intptr_t)i);
+        w[i] = testSpawn(blockedWaiter, (void *)(intptr_t)i);
     ck_assert(waitAtLeast(&H->started, 2, LONG_WAIT_MS));
     ck_assert(waitForWaiters(&H->m));
     usleep(30000); /* let both reach their futex sleep */
@@ -773,7 +763,7 @@ START_TEST(test_robust_owner_slot_reused) {
     reuseM = tMem(sizeof *reuseM);
     reuseSlot = tMem(2 * sizeof *reuseSlot);
     ck_rc(fastMutexInit(S, reuseM, 0), DKSHM_OK);
-    reapChild(spawn(lockThenDetach, NULL), 0);
+    reapChild(testSpawn(lockThenDetach, NULL), 0);
     fastMutexState st = inspect(reuseM);
     ck_assert(st.held && st.ownerDead);
     ck_assert_uint_eq(st.ownerPid, 0); /* the slot no longer names it */
@@ -1219,7 +1209,7 @@ static int consumer(void *arg) {
 
 START_TEST(test_cond_producer_consumer) {
     condSetup();
-    pid_t pid = spawn(consumer, NULL);
+    pid_t pid = testSpawn(consumer, NULL);
     for (uint64_t v = 1; v <= ITEMS; v++) {
         ck_rc(fastMutexLock(S, &C->m), DKSHM_OK);
         while (C->count == RING)
@@ -1274,7 +1264,7 @@ static void raiseFlag(uint32_t v, bool broadcast) {
 
 START_TEST(test_cond_signal_flag) {
     condSetup();
-    pid_t pid = spawn(flagWaiter, (void *)(intptr_t)1);
+    pid_t pid = testSpawn(flagWaiter, (void *)(intptr_t)1);
     waitWaiting(1);
     usleep(20000); /* most likely asleep in the futex by now */
     raiseFlag(1, false);
@@ -1300,7 +1290,7 @@ START_TEST(test_cond_broadcast) {
     condSetup();
     pid_t p[3];
     for (int i = 0; i < 3; i++)
-        p[i] = spawn(flagWaiter, (void *)(intptr_t)1);
+        p[i] = testSpawn(flagWaiter, (void *)(intptr_t)1);
     waitWaiting(3);
     usleep(20000);
     raiseFlag(1, true);
@@ -1312,7 +1302,7 @@ END_TEST
 
 START_TEST(test_cond_waiter_killed) {
     condSetup();
-    pid_t victim = spawn(flagWaiter, (void *)(intptr_t)100);
+    pid_t victim = testSpawn(flagWaiter, (void *)(intptr_t)100);
     waitWaiting(1);
     usleep(20000);
     ck_assert_int_eq(kill(victim, SIGKILL), 0);
@@ -1322,7 +1312,7 @@ START_TEST(test_cond_waiter_killed) {
     ck_rc(fastMutexUnlock(S, &C->m), DKSHM_OK);
 
     /* Signal still reaches a live waiter... */
-    pid_t a = spawn(flagWaiter, (void *)(intptr_t)1);
+    pid_t a = testSpawn(flagWaiter, (void *)(intptr_t)1);
     waitWaiting(2);
     usleep(20000);
     raiseFlag(1, false);
@@ -1330,7 +1320,7 @@ START_TEST(test_cond_waiter_killed) {
     /* ...and broadcast reaches two. */
     pid_t b[2];
     for (int i = 0; i < 2; i++)
-        b[i] = spawn(flagWaiter, (void *)(intptr_t)2);
+        b[i] = testSpawn(flagWaiter, (void *)(intptr_t)2);
     waitWaiting(4);
     usleep(20000);
     raiseFlag(2, true);
@@ -1370,9 +1360,9 @@ static int signalAndDie(void *arg) {
 
 START_TEST(test_cond_wait_recovers_mutex) {
     condSetup();
-    pid_t w = spawn(recoveringWaiter, NULL);
+    pid_t w = testSpawn(recoveringWaiter, NULL);
     waitWaiting(1);
-    pid_t k = spawn(signalAndDie, NULL);
+    pid_t k = testSpawn(signalAndDie, NULL);
     reapChild(k, TEST_KILLED);
     int st = testWait(w);
     ck_assert_msg(st == 0, "waiter: status %d, last wait returned %s", st,
@@ -1418,7 +1408,7 @@ START_TEST(test_rw_readers_share) {
     rwSetup(false);
     pid_t p[2];
     for (int i = 0; i < 2; i++)
-        p[i] = spawn(readAndHold, NULL);
+        p[i] = testSpawn(readAndHold, NULL);
     /* Both inside at once: their read holds overlap. */
     ck_assert_msg(waitAtLeast(&R->readers, 2, LONG_WAIT_MS),
                   "two readers never held the lock together");
@@ -1482,10 +1472,10 @@ static int rwWriter(void *arg) {
 START_TEST(test_rw_writer_excludes) {
     rwSetup(false);
     pid_t p[4];
-    p[0] = spawn(rwReader, NULL);
-    p[1] = spawn(rwWriter, NULL);
-    p[2] = spawn(rwReader, NULL);
-    p[3] = spawn(rwWriter, NULL);
+    p[0] = testSpawn(rwReader, NULL);
+    p[1] = testSpawn(rwWriter, NULL);
+    p[2] = testSpawn(rwReader, NULL);
+    p[3] = testSpawn(rwWriter, NULL);
     for (int i = 0; i < 4; i++)
         reapChild(p[i], 0);
     ck_assert_uint_eq(R->violations, 0);
@@ -1498,7 +1488,7 @@ END_TEST
  * zombie, not yet waited for). */
 START_TEST(test_rw_dead_reader) {
     rwSetup(false);
-    pid_t pid = spawn(readAndHold, NULL);
+    pid_t pid = testSpawn(readAndHold, NULL);
     ck_assert(waitAtLeast(&R->ready, 1, LONG_WAIT_MS));
     ck_assert_int_eq(kill(pid, SIGKILL), 0);
     ck_rc(fastRWLockWrite(S, &R->l, 5000 * MS), DKSHM_OK);
@@ -1529,7 +1519,7 @@ static void rwCheckRolledBack(void) {
 
 START_TEST(test_rw_dead_writer_then_reader) {
     rwSetup(true);
-    reapChild(spawn(writeHalfAndDie, NULL), TEST_KILLED);
+    reapChild(testSpawn(writeHalfAndDie, NULL), TEST_KILLED);
     /* A reader gets in; it recovers the dead writer's claim on the way. */
     ck_rc(fastRWLockRead(S, &R->l, 5000 * MS), DKSHM_OK);
     rwCheckRolledBack();
@@ -1542,7 +1532,7 @@ END_TEST
 
 START_TEST(test_rw_dead_writer_then_writer) {
     rwSetup(true);
-    reapChild(spawn(writeHalfAndDie, NULL), TEST_KILLED);
+    reapChild(testSpawn(writeHalfAndDie, NULL), TEST_KILLED);
     ck_rc(fastRWLockWrite(S, &R->l, 5000 * MS), DKSHM_RECOVERED);
     rwCheckRolledBack();
     ck_rc(fastRWLockWriteUnlock(S, &R->l), DKSHM_OK);
@@ -1565,7 +1555,7 @@ static int writeAndDie(void *arg) {
 
 START_TEST(test_rw_dead_writer_damaged_log_reader) {
     rwSetup(true);
-    reapChild(spawn(writeAndDie, NULL), TEST_KILLED);
+    reapChild(testSpawn(writeAndDie, NULL), TEST_KILLED);
     RL->rec[0].at = (8ull << 56) | (S->size + 64);
     __atomic_store_n(&RL->count, 1, __ATOMIC_RELEASE);
     int rc = fastRWLockRead(S, &R->l, 300 * MS);
@@ -1594,7 +1584,7 @@ static int readExpectTimeout(void *arg) {
 
 START_TEST(test_rw_dead_writer_damaged_log_writer) {
     rwSetup(true);
-    reapChild(spawn(writeAndDie, NULL), TEST_KILLED);
+    reapChild(testSpawn(writeAndDie, NULL), TEST_KILLED);
     RL->rec[0].at = (8ull << 56) | (S->size + 64);
     __atomic_store_n(&RL->count, 1, __ATOMIC_RELEASE);
     ck_rc(fastRWLockWrite(S, &R->l, 300 * MS), DKSHM_CORRUPT);
@@ -1624,7 +1614,7 @@ static int writeAndHold(void *arg) {
 
 START_TEST(test_rw_timeouts) {
     rwSetup(false);
-    pid_t pid = spawn(writeAndHold, NULL);
+    pid_t pid = testSpawn(writeAndHold, NULL);
     ck_assert(waitAtLeast(&R->ready, 1, LONG_WAIT_MS));
     uint64_t t0 = nowNs();
     ck_rc(fastRWLockRead(S, &R->l, 50 * MS), DKSHM_TIMEDOUT);
@@ -1791,7 +1781,7 @@ START_TEST(test_fork_registers_child) {
     uint32_t parentId = ld32(&F->m.word) & DK_ID_MASK;
     ck_rc(fastMutexUnlock(S, &F->m), DKSHM_OK);
 
-    pid_t pid = spawn(forkedLocker, NULL);
+    pid_t pid = testSpawn(forkedLocker, NULL);
     ck_assert(waitAtLeast(&F->held, 1, LONG_WAIT_MS));
     fastMutexState st = inspect(&F->m);
     ck_assert_uint_eq(st.ownerPid, (uint32_t)pid);
@@ -1832,11 +1822,7 @@ END_TEST
 /* ===== the suite ========================================================== */
 
 static TCase *tcase(Suite *s, const char *name, int timeout) {
-    TCase *tc = tcase_create(name);
-    tcase_add_checked_fixture(tc, segUp, segDown);
-    tcase_set_timeout(tc, timeout);
-    suite_add_tcase(s, tc);
-    return tc;
+    return testAddCase(s, name, segUp, segDown, timeout);
 }
 
 static Suite *fastmutexSuite(void) {

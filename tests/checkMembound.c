@@ -12,7 +12,6 @@
 #include "memboundInternal.h"
 #include "testUtil.h"
 
-#include <dirent.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <sys/mman.h>
@@ -23,81 +22,17 @@
 
 static dkshm *seg;
 static membound *mb;
-static char segName[DKSHM_NAME_MAX + 1];
 static char extraName[DKSHM_NAME_MAX + 1];
 
-/* Segment names: "/dkt-mb-<runner pid>-<test pid>-<tag>". A failed
- * assertion ends a test process without its teardown, so main() also
- * unlinks whatever its tests left behind under its own prefix. */
-static pid_t runnerPid;
-
-static const char *mbSegName(const char *tag) {
-    static char buf[DKSHM_NAME_MAX + 1];
-    snprintf(buf, sizeof buf, "/dkt-mb-%d-%d-%s", (int)runnerPid, (int)getpid(),
-             tag);
-    return buf;
-}
-
-static void unlinkLeftovers(void) {
-    char prefix[64];
-    snprintf(prefix, sizeof prefix, "dkt-mb-%d-", (int)runnerPid);
-    DIR *d = opendir("/dev/shm");
-    if (!d)
-        return;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        if (strncmp(e->d_name, prefix, strlen(prefix)) == 0) {
-            char name[sizeof e->d_name + 1];
-            snprintf(name, sizeof name, "/%s", e->d_name);
-            dkshmUnlink(name);
-        }
-    }
-    closedir(d);
-}
-
-static void makeSegment(const char *tag, uint64_t capacity) {
-    snprintf(segName, sizeof segName, "%s", mbSegName(tag));
-    dkshmUnlink(segName);
-    int rc = dkshmCreate(segName, capacity, NULL, &seg);
-    ck_assert_msg(rc == DKSHM_OK, "create %s: %s", segName, dkshmStrerror(rc));
-    mb = memboundForSegment(seg);
-    ck_assert_ptr_nonnull(mb);
-}
-
 static void setupSmall(void) {
-    makeSegment("small", 16 * MiB);
+    testMakeSegment("small", 16 * MiB, NULL, &seg, &mb);
 }
 
 static void teardown(void) {
-    if (seg)
-        dkshmDetach(seg);
-    seg = NULL;
-    mb = NULL;
-    if (segName[0])
-        dkshmUnlink(segName);
+    testDropSegment(&seg, &mb);
     if (extraName[0])
         dkshmUnlink(extraName);
-    segName[0] = extraName[0] = '\0';
-}
-
-static void assertCheck(membound *m) {
-    char why[256];
-    int rc = memboundCheck(m, why, sizeof why);
-    ck_assert_msg(rc == DKSHM_OK, "memboundCheck: %s (%s)", why,
-                  dkshmErrName(rc));
-}
-
-static memboundStats stats(membound *m) {
-    memboundStats st;
-    ck_assert_int_eq(memboundGetStats(m, &st), DKSHM_OK);
-    return st;
-}
-
-static uint64_t rng(uint64_t *s) { /* xorshift64* */
-    *s ^= *s >> 12;
-    *s ^= *s << 25;
-    *s ^= *s >> 27;
-    return *s * 2685821657736338717ull;
+    extraName[0] = '\0';
 }
 
 static void fill(void *p, size_t n, unsigned seed) {
@@ -142,14 +77,14 @@ START_TEST(test_alloc_free_sizes) {
         fill(p[i], sizes[i], (unsigned)i);
     }
     ck_assert_uint_eq(memboundCurrentAllocationCount(mb), N);
-    assertCheck(mb);
+    TEST_ASSERT_CHECK(memboundCheck, mb);
     for (int i = 0; i < N; i++)
         ck_assert_msg(filled(p[i], sizes[i], (unsigned)i), "contents %d", i);
     for (int i = N - 1; i >= 0; i--)
         ck_assert_int_eq(memboundFree(mb, p[i]), DKSHM_OK);
     ck_assert_uint_eq(memboundBytesUsed(mb), 0);
     ck_assert_uint_eq(memboundCurrentAllocationCount(mb), 0);
-    assertCheck(mb);
+    TEST_ASSERT_CHECK(memboundCheck, mb);
 }
 END_TEST
 
@@ -160,12 +95,12 @@ START_TEST(test_random_churn) {
     uint64_t seed = 12345;
     for (int round = 0; round < 6; round++) {
         for (int i = 0; i < N; i++) {
-            if (p[i] && (rng(&seed) & 1)) {
+            if (p[i] && (testRng(&seed) & 1)) {
                 ck_assert_msg(filled(p[i], len[i], (unsigned)i), "data %d", i);
                 ck_assert_int_eq(memboundFree(mb, p[i]), DKSHM_OK);
                 p[i] = NULL;
             } else if (!p[i]) {
-                uint64_t r = rng(&seed);
+                uint64_t r = testRng(&seed);
                 len[i] = (r % 16 == 0) ? 2049 + r % 30000 : 1 + r % 2048;
                 p[i] = memboundAlloc(mb, len[i]);
                 ck_assert_msg(p[i] != NULL, "alloc %zu: %s", len[i],
@@ -173,7 +108,7 @@ START_TEST(test_random_churn) {
                 fill(p[i], len[i], (unsigned)i);
             }
         }
-        assertCheck(mb);
+        TEST_ASSERT_CHECK(memboundCheck, mb);
     }
     size_t n = 0;
     for (int i = 0; i < N; i++)
@@ -184,7 +119,7 @@ START_TEST(test_random_churn) {
         if (p[i])
             ck_assert_int_eq(memboundFree(mb, p[i]), DKSHM_OK);
     ck_assert_uint_eq(memboundBytesUsed(mb), 0);
-    assertCheck(mb);
+    TEST_ASSERT_CHECK(memboundCheck, mb);
     free(p);
     free(len);
 }
@@ -222,7 +157,7 @@ START_TEST(test_realloc) {
     ck_assert_ptr_null(memboundRealloc(mb, q, 0)); /* frees */
     ck_assert_uint_eq(memboundCurrentAllocationCount(mb), 0);
     ck_assert_uint_eq(memboundBytesUsed(mb), 0);
-    assertCheck(mb);
+    TEST_ASSERT_CHECK(memboundCheck, mb);
 }
 END_TEST
 
@@ -252,7 +187,7 @@ START_TEST(test_calloc) {
     ck_assert_ptr_null(memboundCalloc(mb, 0, 8));
     ck_assert_int_eq(errno, EINVAL);
     ck_assert_uint_eq(memboundCurrentAllocationCount(mb), before);
-    assertCheck(mb);
+    TEST_ASSERT_CHECK(memboundCheck, mb);
 }
 END_TEST
 
@@ -299,14 +234,14 @@ START_TEST(test_foreach_and_reset) {
     ck_assert_int_eq(memboundReset(mb), DKSHM_OK);
     ck_assert_uint_eq(memboundCurrentAllocationCount(mb), 0);
     ck_assert_uint_eq(memboundBytesUsed(mb), 0);
-    assertCheck(mb);
+    TEST_ASSERT_CHECK(memboundCheck, mb);
     size_t n;
     dkshmProcInfo pi[8];
     ck_assert_int_eq(dkshmProcList(seg, pi, 8, &n), DKSHM_OK);
     for (size_t i = 0; i < n && i < 8; i++)
         ck_assert_uint_eq(pi[i].inflight, 0);
     /* Back to the fresh heap's shape. */
-    memboundStats st = stats(mb);
+    memboundStats st = testAllocStats(mb);
     ck_assert_uint_eq(st.free, st.capacity);
     ck_assert_uint_eq(memboundBytesAvailable(mb), st.capacity);
 }
@@ -351,7 +286,7 @@ START_TEST(test_bad_handle_and_sizes) {
                      DKSHM_TOOBIG);
     ck_assert_uint_eq(memboundCurrentAllocationCount(mb), 0);
     ck_assert_uint_eq(memboundBytesUsed(mb), 0);
-    assertCheck(mb);
+    TEST_ASSERT_CHECK(memboundCheck, mb);
 }
 END_TEST
 
@@ -367,7 +302,7 @@ START_TEST(test_bad_frees) {
     char *big = memboundAlloc(mb, 3 * 4096);
     ck_assert_ptr_nonnull(small);
     ck_assert_ptr_nonnull(big);
-    memboundStats before = stats(mb);
+    memboundStats before = testAllocStats(mb);
 
     char *heapPtr = malloc(64);
     int bad = 0;
@@ -387,7 +322,7 @@ START_TEST(test_bad_frees) {
     BAD(memboundFreeOff(mb, ~0ull));
     BAD(memboundFreeOff(mb, seg->size - 16));
     /* A pointer into another segment. */
-    snprintf(extraName, sizeof extraName, "%s", mbSegName("other"));
+    snprintf(extraName, sizeof extraName, "%s", testSegNameFor("other"));
     dkshmUnlink(extraName);
     dkshm *other;
     ck_assert_int_eq(dkshmCreate(extraName, 4 * MiB, NULL, &other), DKSHM_OK);
@@ -404,25 +339,25 @@ START_TEST(test_bad_frees) {
     ck_assert_int_eq(errno, EINVAL);
     bad++;
 
-    memboundStats mid = stats(mb);
+    memboundStats mid = testAllocStats(mb);
     ck_assert_uint_eq(mid.used, before.used);
     ck_assert_uint_eq(mid.allocations, before.allocations);
     ck_assert_uint_eq(mid.badFrees, before.badFrees + (uint64_t)bad);
-    assertCheck(mb);
+    TEST_ASSERT_CHECK(memboundCheck, mb);
 
     /* Double frees. */
     ck_assert_int_eq(memboundFree(mb, small), DKSHM_OK);
     ck_assert_int_eq(memboundFree(mb, big), DKSHM_OK);
-    memboundStats after = stats(mb);
+    memboundStats after = testAllocStats(mb);
     ck_assert_int_eq(memboundFree(mb, small), DKSHM_INVALID);
     ck_assert_int_eq(memboundFree(mb, big), DKSHM_INVALID);
-    memboundStats twice = stats(mb);
+    memboundStats twice = testAllocStats(mb);
     ck_assert_uint_eq(twice.used, after.used);
     ck_assert_uint_eq(twice.allocations, 0);
     ck_assert_uint_eq(twice.badFrees, after.badFrees + 2);
     ck_assert_int_eq(memboundFreeInflight(mb, dkshmOff(seg, small)),
                      DKSHM_NOTFOUND);
-    assertCheck(mb);
+    TEST_ASSERT_CHECK(memboundCheck, mb);
 }
 END_TEST
 
@@ -430,7 +365,8 @@ START_TEST(test_read_only) {
     void *p = memboundAlloc(mb, 100);
     ck_assert_ptr_nonnull(p);
     dkshm *ro;
-    ck_assert_int_eq(dkshmAttach(segName, DKSHM_RDONLY, &ro), DKSHM_OK);
+    ck_assert_int_eq(dkshmAttach(testSegmentName(), DKSHM_RDONLY, &ro),
+                     DKSHM_OK);
     membound *rm = memboundForSegment(ro);
     ck_assert_ptr_nonnull(rm);
     ck_assert_ptr_ne(rm, mb);
@@ -451,12 +387,12 @@ START_TEST(test_read_only) {
     size_t usable;
     ck_assert_int_eq(memboundUsableSize(rm, poff, &usable), DKSHM_OK);
     ck_assert_uint_eq(usable, 112);
-    assertCheck(rm); /* reads without the lock */
-    memboundStats st = stats(rm);
+    TEST_ASSERT_CHECK(memboundCheck, rm); /* reads without the lock */
+    memboundStats st = testAllocStats(rm);
     ck_assert_uint_eq(st.allocations, 1);
     dkshmDetach(ro);
-    ck_assert_uint_eq(stats(mb).badFrees, 0);
-    assertCheck(mb);
+    ck_assert_uint_eq(testAllocStats(mb).badFrees, 0);
+    TEST_ASSERT_CHECK(memboundCheck, mb);
 }
 END_TEST
 
@@ -464,14 +400,14 @@ END_TEST
 
 START_TEST(test_full) {
     teardown();
-    makeSegment("full", 4 * MiB);
-    uint64_t biggest = stats(mb).largestFree;
+    testMakeSegment("full", 4 * MiB, NULL, &seg, &mb);
+    uint64_t biggest = testAllocStats(mb).largestFree;
     enum { MAXN = 200000 };
     void **p = calloc(MAXN, sizeof *p);
     uint64_t seed = 7;
     int n = 0;
     for (; n < MAXN; n++) {
-        uint64_t r = rng(&seed);
+        uint64_t r = testRng(&seed);
         size_t len = r % 8 == 0 ? 2049 + r % 20000 : 1 + r % 2048;
         p[n] = memboundAlloc(mb, len);
         if (!p[n])
@@ -483,25 +419,25 @@ START_TEST(test_full) {
     while (n < MAXN && (p[n] = memboundAlloc(mb, 16)) != NULL)
         n++;
     ck_assert_int_eq(errno, ENOMEM);
-    memboundStats st = stats(mb);
+    memboundStats st = testAllocStats(mb);
     ck_assert_uint_gt(st.fullErrors, 0);
     ck_assert_uint_eq(st.allocations, (uint64_t)n);
     ck_assert_uint_gt(st.used, st.capacity * 3 / 4);
-    assertCheck(mb);
+    TEST_ASSERT_CHECK(memboundCheck, mb);
     for (int i = 0; i < n; i += 2)
         ck_assert_int_eq(memboundFree(mb, p[i]), DKSHM_OK);
-    assertCheck(mb);
+    TEST_ASSERT_CHECK(memboundCheck, mb);
     for (int i = 1; i < n; i += 2)
         ck_assert_int_eq(memboundFree(mb, p[i]), DKSHM_OK);
     ck_assert_uint_eq(memboundBytesUsed(mb), 0);
     ck_assert_uint_eq(memboundCurrentAllocationCount(mb), 0);
-    assertCheck(mb);
+    TEST_ASSERT_CHECK(memboundCheck, mb);
     /* Empty slabs kept per class are given back under pressure: the
      * largest block of the fresh heap can be had again. */
     dkoff off;
     ck_assert_int_eq(memboundAllocOff(mb, biggest, &off), DKSHM_OK);
     ck_assert_int_eq(memboundFreeOff(mb, off), DKSHM_OK);
-    assertCheck(mb);
+    TEST_ASSERT_CHECK(memboundCheck, mb);
     free(p);
 }
 END_TEST
@@ -509,7 +445,7 @@ END_TEST
 /* ---- statistics --------------------------------------------------------- */
 
 START_TEST(test_stats_exact) {
-    memboundStats st = stats(mb);
+    memboundStats st = testAllocStats(mb);
     ck_assert_uint_eq(st.used, 0);
     ck_assert_uint_eq(st.allocations, 0);
     ck_assert_uint_eq(st.capacity, memboundCapacity(mb));
@@ -539,7 +475,7 @@ START_TEST(test_stats_exact) {
     ck_assert_int_eq(memboundAllocOff(mb, 5000, &big), DKSHM_OK);
     ck_assert_int_eq(memboundAllocOff(mb, 1, &t[0]), DKSHM_OK);
     ck_assert_int_eq(memboundAllocOff(mb, 16, &t[1]), DKSHM_OK);
-    st = stats(mb);
+    st = testAllocStats(mb);
     ck_assert_uint_eq(st.used, 3 * 80 + 8192 + 2 * 16);
     ck_assert_uint_eq(memboundBytesUsed(mb), st.used);
     ck_assert_uint_eq(st.allocations, 6);
@@ -554,12 +490,12 @@ START_TEST(test_stats_exact) {
     ck_assert(st.fragmentation >= 0.0 && st.fragmentation <= 1.0);
     ck_assert_int_eq(memboundFreeOff(mb, big), DKSHM_OK);
     ck_assert_int_eq(memboundFreeOff(mb, a[1]), DKSHM_OK);
-    st = stats(mb);
+    st = testAllocStats(mb);
     ck_assert_uint_eq(st.used, 2 * 80 + 2 * 16);
     ck_assert_uint_eq(st.allocations, 4);
     ck_assert_uint_eq(st.cls[c80].used, 2);
     ck_assert_uint_eq(st.cls[c80].free, 49);
-    assertCheck(mb);
+    TEST_ASSERT_CHECK(memboundCheck, mb);
 }
 END_TEST
 
@@ -612,11 +548,7 @@ START_TEST(test_process_counters) {
     ck_assert_int_eq(fastMutexInit(seg, ctrLock, 0), DKSHM_OK);
     uint64_t w0 = myCounter(DKSHM_CTR_LOCK_WAITS);
     uint64_t ns0 = myCounter(DKSHM_CTR_LOCK_WAIT_NS);
-    fflush(NULL);
-    pid_t pid = fork();
-    ck_assert_int_ge(pid, 0);
-    if (pid == 0)
-        _exit(holdLockBriefly(NULL));
+    pid_t pid = testSpawn(holdLockBriefly, NULL);
     /* Wait until the child holds it, then queue behind it. */
     while (__atomic_load_n(&ctrLock->word, __ATOMIC_ACQUIRE) == 0)
         usleep(1000);
@@ -632,24 +564,24 @@ START_TEST(test_fragmentation) {
     enum { N = 512 };
     dkoff pg[N];
     /* A heap that is not a power of two pages starts as several blocks. */
-    double fresh = stats(mb).fragmentation;
+    double fresh = testAllocStats(mb).fragmentation;
     ck_assert(fresh >= 0.0 && fresh < 1.0);
     for (int i = 0; i < N; i++)
         ck_assert_int_eq(memboundAllocOff(mb, 4096, &pg[i]), DKSHM_OK);
-    memboundStats st = stats(mb);
+    memboundStats st = testAllocStats(mb);
     double f0 = st.fragmentation;
     ck_assert(f0 >= 0.0 && f0 <= 1.0);
     for (int i = 0; i < N; i += 2) /* no two freed pages are buddies */
         ck_assert_int_eq(memboundFreeOff(mb, pg[i]), DKSHM_OK);
-    st = stats(mb);
+    st = testAllocStats(mb);
     ck_assert(st.fragmentation > f0 && st.fragmentation <= 1.0);
-    assertCheck(mb);
+    TEST_ASSERT_CHECK(memboundCheck, mb);
     for (int i = 1; i < N; i += 2)
         ck_assert_int_eq(memboundFreeOff(mb, pg[i]), DKSHM_OK);
-    st = stats(mb);
+    st = testAllocStats(mb);
     ck_assert_double_eq_tol(st.fragmentation, fresh, 1e-9);
     ck_assert_uint_eq(st.used, 0);
-    assertCheck(mb);
+    TEST_ASSERT_CHECK(memboundCheck, mb);
 }
 END_TEST
 
@@ -668,7 +600,7 @@ static size_t residentPages(void *p, size_t len) {
 
 START_TEST(test_decommit) {
     teardown();
-    makeSegment("decommit", 128 * MiB);
+    testMakeSegment("decommit", 128 * MiB, NULL, &seg, &mb);
     size_t len = 32 * MiB;
     char *p = memboundAlloc(mb, len);
     ck_assert_ptr_nonnull(p);
@@ -688,7 +620,7 @@ START_TEST(test_decommit) {
     ck_assert_ptr_eq(q, p);
     ck_assert_uint_eq((unsigned char)q[12345], 0);
     q[0] = 1;
-    assertCheck(mb);
+    TEST_ASSERT_CHECK(memboundCheck, mb);
 }
 END_TEST
 
@@ -696,7 +628,7 @@ END_TEST
 
 START_TEST(test_million_80) {
     teardown();
-    makeSegment("dense", 128 * MiB);
+    testMakeSegment("dense", 128 * MiB, NULL, &seg, &mb);
     enum { N = 1000000 };
     dkoff *off = malloc(N * sizeof *off);
     for (uint32_t i = 0; i < N; i++) {
@@ -706,7 +638,7 @@ START_TEST(test_million_80) {
     }
     for (uint32_t i = 0; i < N; i += 997)
         ck_assert_uint_eq(*(uint32_t *)dkshmPtr(seg, off[i]), i);
-    memboundStats st = stats(mb);
+    memboundStats st = testAllocStats(mb);
     ck_assert_uint_eq(st.allocations, N);
     ck_assert_uint_eq(st.used, 80ull * N);
     int c80 = 4;
@@ -722,11 +654,11 @@ START_TEST(test_million_80) {
             (unsigned long long)st.cls[c80].slabs, perObject,
             (double)slabBytes / N, (double)(st.capacity - slabBytes) / MiB);
     ck_assert(perObject < 128.0);
-    assertCheck(mb);
+    TEST_ASSERT_CHECK(memboundCheck, mb);
     for (uint32_t i = 0; i < N; i++)
         ck_assert_int_eq(memboundFreeOff(mb, off[i]), DKSHM_OK);
     ck_assert_uint_eq(memboundBytesUsed(mb), 0);
-    assertCheck(mb);
+    TEST_ASSERT_CHECK(memboundCheck, mb);
     free(off);
 }
 END_TEST
@@ -748,7 +680,7 @@ static int churn(membound *m, int ops, unsigned seedIn) {
     uint64_t seed = seedIn * 2654435761u + 1;
     int bad = 0;
     for (int i = 0; i < ops; i++) {
-        int k = (int)(rng(&seed) % HOLD);
+        int k = (int)(testRng(&seed) % HOLD);
         if (p[k]) {
             if (!filled(p[k], len[k], seedIn + (unsigned)k))
                 bad = 1;
@@ -756,7 +688,7 @@ static int churn(membound *m, int ops, unsigned seedIn) {
                 bad = 2;
             p[k] = NULL;
         } else {
-            uint64_t r = rng(&seed);
+            uint64_t r = testRng(&seed);
             len[k] = r % 20 == 0 ? 2049 + r % 60000 : 1 + r % 2048;
             p[k] = memboundAlloc(m, len[k]);
             if (!p[k])
@@ -781,7 +713,7 @@ static void runProcs(int nprocs) {
         ck_assert_int_ge(pids[i], 0);
         if (pids[i] == 0) {
             dkshm *s;
-            if (dkshmAttach(segName, 0, &s) != DKSHM_OK)
+            if (dkshmAttach(testSegmentName(), 0, &s) != DKSHM_OK)
                 _exit(10);
             membound *m = memboundForSegment(s);
             if (!m)
@@ -797,7 +729,7 @@ static void runProcs(int nprocs) {
         int st = testWait(pids[i]);
         ck_assert_msg(st == 0, "child %d of %d exited %d", i, nprocs, st);
     }
-    assertCheck(mb);
+    TEST_ASSERT_CHECK(memboundCheck, mb);
     ck_assert_uint_eq(memboundCurrentAllocationCount(mb), 0);
     ck_assert_uint_eq(memboundBytesUsed(mb), 0);
 }
@@ -840,7 +772,7 @@ START_TEST(test_pool_fork) {
     ck_assert(!memboundShutdownSafe(pool));
     ck_assert_int_eq(memboundFree(pool, shared), DKSHM_OK);
     ck_assert_uint_eq(memboundCurrentAllocationCount(pool), 0);
-    assertCheck(pool);
+    TEST_ASSERT_CHECK(memboundCheck, pool);
     ck_assert_ptr_eq(memboundForSegment(memboundSegment(pool)), pool);
     ck_assert(memboundShutdownSafe(pool));
 
@@ -860,10 +792,12 @@ END_TEST
  * state) attaches by name, allocates, writes and binds the block to a name;
  * we find it, see its bytes, and free it with our own handle. */
 START_TEST(test_exec_attach_alloc) {
-    memboundStats before = stats(mb);
+    memboundStats before = testAllocStats(mb);
     char cmd[512];
-    snprintf(cmd, sizeof cmd, "%s/tests/attachHelper %s alloc-write fromexec "
-             "3000 171", TEST_BUILDDIR, segName);
+    snprintf(cmd, sizeof cmd,
+             "%s/tests/attachHelper %s alloc-write fromexec "
+             "3000 171",
+             TEST_BUILDDIR, testSegmentName());
     FILE *p = popen(cmd, "r");
     ck_assert_ptr_nonnull(p);
     unsigned long long reported = 0;
@@ -880,14 +814,14 @@ START_TEST(test_exec_attach_alloc) {
     size_t usable = 0;
     ck_assert_int_eq(memboundUsableSize(mb, off, &usable), DKSHM_OK);
     ck_assert_uint_ge(usable, 3000);
-    ck_assert_uint_eq(stats(mb).allocations, before.allocations + 1);
+    ck_assert_uint_eq(testAllocStats(mb).allocations, before.allocations + 1);
     ck_assert_int_eq(dkshmObjectRemove(seg, "fromexec", DKSHM_TYPE_USER, &off),
                      DKSHM_OK);
     /* Remove left it in our in-flight list: free it from there. */
     ck_assert_int_eq(memboundFreeInflight(mb, off), DKSHM_OK);
-    ck_assert_uint_eq(stats(mb).allocations, before.allocations);
-    ck_assert_uint_eq(stats(mb).used, before.used);
-    assertCheck(mb);
+    ck_assert_uint_eq(testAllocStats(mb).allocations, before.allocations);
+    ck_assert_uint_eq(testAllocStats(mb).used, before.used);
+    TEST_ASSERT_CHECK(memboundCheck, mb);
 }
 END_TEST
 
@@ -915,7 +849,7 @@ static int openRace(void *arg) {
 }
 
 START_TEST(test_object_open) {
-    memboundStats before = stats(mb);
+    memboundStats before = testAllocStats(mb);
     dkoff root = 0, again = 0;
     bool created = true;
     ck_assert_int_eq(dkshmObjectOpen(seg, "obj", DKSHM_TYPE_USER, 0, NULL,
@@ -942,7 +876,7 @@ START_TEST(test_object_open) {
                                      DKSHM_OBJ_CREATE, makeRoot, discardRoot,
                                      mb, &root, NULL),
                      DKSHM_INVALID);
-    ck_assert_uint_eq(stats(mb).allocations, before.allocations);
+    ck_assert_uint_eq(testAllocStats(mb).allocations, before.allocations);
     /* Create, open, exclusive, wrong type. */
     ck_assert_int_eq(dkshmObjectOpen(seg, "obj", DKSHM_TYPE_USER,
                                      DKSHM_OBJ_CREATE, makeRoot, discardRoot,
@@ -959,20 +893,15 @@ START_TEST(test_object_open) {
                                      DKSHM_OBJ_CREATE | DKSHM_OBJ_EXCL,
                                      makeRoot, discardRoot, mb, &again, NULL),
                      DKSHM_EXISTS);
-    ck_assert_int_eq(dkshmObjectOpen(seg, "obj", DKSHM_TYPE_USER + 1, 0,
-                                     NULL, NULL, NULL, &again, NULL),
+    ck_assert_int_eq(dkshmObjectOpen(seg, "obj", DKSHM_TYPE_USER + 1, 0, NULL,
+                                     NULL, NULL, &again, NULL),
                      DKSHM_TYPE);
-    ck_assert_uint_eq(stats(mb).allocations, before.allocations + 1);
+    ck_assert_uint_eq(testAllocStats(mb).allocations, before.allocations + 1);
     /* Processes racing to create one name: one creates, all share it, and
      * the losers' roots go back to the allocator. */
     pid_t pids[4];
-    for (int i = 0; i < 4; i++) {
-        fflush(NULL);
-        pids[i] = fork();
-        ck_assert_int_ge(pids[i], 0);
-        if (pids[i] == 0)
-            _exit(openRace(NULL));
-    }
+    for (int i = 0; i < 4; i++)
+        pids[i] = testSpawn(openRace, NULL);
     int creators = 0;
     for (int i = 0; i < 4; i++) {
         int st = testWait(pids[i]);
@@ -981,8 +910,8 @@ START_TEST(test_object_open) {
     }
     ck_assert_int_eq(creators, 1);
     dkshmReap(seg, NULL);
-    ck_assert_uint_eq(stats(mb).allocations, before.allocations + 2);
-    assertCheck(mb);
+    ck_assert_uint_eq(testAllocStats(mb).allocations, before.allocations + 2);
+    TEST_ASSERT_CHECK(memboundCheck, mb);
 }
 END_TEST
 
@@ -1007,7 +936,7 @@ START_TEST(test_threads) {
     }
     ck_assert_uint_eq(memboundCurrentAllocationCount(pool), 0);
     ck_assert_uint_eq(memboundBytesUsed(pool), 0);
-    assertCheck(pool);
+    TEST_ASSERT_CHECK(memboundCheck, pool);
     memboundShutdown(pool);
 }
 END_TEST
@@ -1031,7 +960,7 @@ struct walk {
  * one block per set bit of its page count, so what is left is one block of
  * the top order and the next small request splits it all the way down. */
 static void isolateTopBlock(void) {
-    memboundStats st = stats(mb);
+    memboundStats st = testAllocStats(mb);
     uint64_t pages = st.capacity / st.pageSize;
     uint64_t top = st.largestFree / st.pageSize;
     dkoff off;
@@ -1039,7 +968,7 @@ static void isolateTopBlock(void) {
         if (pages & k)
             ck_assert_int_eq(memboundAllocOff(mb, k * st.pageSize, &off),
                              DKSHM_OK);
-    st = stats(mb);
+    st = testAllocStats(mb);
     ck_assert_uint_eq(st.capacity - st.used, st.largestFree);
 }
 
@@ -1113,7 +1042,7 @@ static void crashWalk(walk *w) {
                 used == w->before, "crash point %ld: used %llu, expected %llu",
                 k, (unsigned long long)used, (unsigned long long)w->before);
         }
-        assertCheck(mb);
+        TEST_ASSERT_CHECK(memboundCheck, mb);
         if (st == 0) {
             w->deaths = k - 1;
             /* Some children died holding the lock: recovery did run. */
@@ -1192,11 +1121,11 @@ END_TEST
 /* Slab 1 full but for one slot, slab 2 holding only the target: freeing the
  * target empties slab 2, which goes back to the buddy level. */
 static void prepareSlabRelease(walk *w) {
-    memboundStats st = stats(mb);
+    memboundStats st = testAllocStats(mb);
     if (st.cls[4].used == 0) {
         dkoff first;
         ck_assert_int_eq(memboundAllocOff(mb, 80, &first), DKSHM_OK);
-        st = stats(mb);
+        st = testAllocStats(mb);
         uint64_t slots = st.cls[4].used + st.cls[4].free;
         dkoff o;
         for (uint64_t i = 1; i < slots; i++)
@@ -1212,7 +1141,7 @@ static void prepareSlabRelease(walk *w) {
     ck_assert_int_eq(memboundAllocOff(mb, 80, &fill1), DKSHM_OK);
     prepareFree(w);
     ck_assert_int_eq(memboundFreeOff(mb, fill1), DKSHM_OK);
-    st = stats(mb);
+    st = testAllocStats(mb);
     ck_assert_uint_eq(st.cls[4].slabs, 2);
 }
 
@@ -1221,7 +1150,7 @@ START_TEST(test_crash_free_slab_release) {
     walk w = {.size = 80, .isFree = true, .prepare = prepareSlabRelease};
     crashWalk(&w);
     ck_assert_int_gt(w.deaths, 20);
-    memboundStats st = stats(mb);
+    memboundStats st = testAllocStats(mb);
     ck_assert_uint_eq(st.cls[4].slabs, 1); /* slab 2 went back */
 }
 END_TEST
@@ -1256,9 +1185,9 @@ START_TEST(test_crash_reclaim) {
         ck_assert(st == 0 || st == TEST_KILLED);
         memboundStats ms;
         ck_assert_int_eq(memboundGetStats(mb, &ms), DKSHM_OK);
-        assertCheck(mb);
+        TEST_ASSERT_CHECK(memboundCheck, mb);
         ck_assert_int_eq(dkshmReap(seg, NULL), DKSHM_OK);
-        assertCheck(mb);
+        TEST_ASSERT_CHECK(memboundCheck, mb);
         ck_assert_uint_eq(memboundBytesUsed(mb), base);
         if (st == 0)
             break;
@@ -1285,7 +1214,7 @@ START_TEST(test_crash_reset) {
         ck_assert(st == 0 || st == TEST_KILLED);
         memboundStats ms;
         ck_assert_int_eq(memboundGetStats(mb, &ms), DKSHM_OK);
-        assertCheck(mb);
+        TEST_ASSERT_CHECK(memboundCheck, mb);
         /* Either nothing happened, or the reset is complete. */
         ck_assert(ms.allocations == 0 || ms.allocations % 50 == 0);
         ck_assert_int_eq(memboundReset(mb), DKSHM_OK);
@@ -1314,7 +1243,7 @@ START_TEST(test_check_damage) {
             membound *m = memboundForSegment(s);
             void *keep[64];
             for (int i = 0; i < 64; i++)
-                keep[i] = memboundAlloc(m, 1 + (size_t)(rng(&seed) % 9000));
+                keep[i] = memboundAlloc(m, 1 + (size_t)(testRng(&seed) % 9000));
             for (int i = 0; i < 64; i += 3)
                 memboundFree(m, keep[i]);
             memboundStats st;
@@ -1324,9 +1253,9 @@ START_TEST(test_check_damage) {
             dkoff pages = s->hdr->allocRoot + st.metadata;
             uint64_t n = st.capacity / st.pageSize;
             dkoff tables = pages - 9 * n - 4096;
-            int hits = 1 + (int)(rng(&seed) % 8);
+            int hits = 1 + (int)(testRng(&seed) % 8);
             for (int h = 0; h < hits; h++) {
-                uint64_t r = rng(&seed);
+                uint64_t r = testRng(&seed);
                 dkoff at;
                 if (r % 2 == 0) /* a slab header: class, used, bitmap */
                     at = (dkshmOff(s, keep[1 + 3 * (int)(r % 20)]) & ~4095ull) +
@@ -1343,7 +1272,7 @@ START_TEST(test_check_damage) {
         ck_assert_msg(st == 0 || st == 1, "iteration %d: child ended %d", iter,
                       st);
         corrupt += st == 1;
-        rng(&seed);
+        testRng(&seed);
     }
     fprintf(stderr, "check: %d of 300 damaged heaps reported\n", corrupt);
     ck_assert_int_gt(corrupt, 90);
@@ -1353,12 +1282,7 @@ END_TEST
 /* ---- suite -------------------------------------------------------------- */
 
 static Suite *memboundSuite(void) {
-    Suite *s = suite_create("membound");
-    struct {
-        const char *name;
-        const TTest *tests[16];
-        int timeout;
-    } cases[] = {
+    const testCaseSpec cases[] = {
         {"basic",
          {test_alloc_free_sizes, test_random_churn, test_realloc, test_calloc,
           test_handle_cache, test_foreach_and_reset},
@@ -1367,7 +1291,9 @@ static Suite *memboundSuite(void) {
          {test_bad_handle_and_sizes, test_bad_frees, test_read_only},
          30},
         {"full", {test_full}, 60},
-        {"stats", {test_stats_exact, test_fragmentation, test_process_counters}, 30},
+        {"stats",
+         {test_stats_exact, test_fragmentation, test_process_counters},
+         30},
         {"decommit", {test_decommit}, 60},
         {"density", {test_million_80}, 120},
         {"multiProcess",
@@ -1383,20 +1309,11 @@ static Suite *memboundSuite(void) {
          300},
         {"check", {test_check_damage}, 120},
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        TCase *tc = tcase_create(cases[i].name);
-        tcase_add_checked_fixture(tc, setupSmall, teardown);
-        tcase_set_timeout(tc, cases[i].timeout);
-        for (int j = 0; j < 16 && cases[i].tests[j]; j++)
-            tcase_add_test(tc, cases[i].tests[j]);
-        suite_add_tcase(s, tc);
-    }
-    return s;
+    return testSuiteFrom("membound", cases, sizeof cases / sizeof cases[0],
+                         setupSmall, teardown);
 }
 
 int main(void) {
-    runnerPid = getpid();
-    int rc = testRunSuite(memboundSuite());
-    unlinkLeftovers();
-    return rc;
+    testSetPrefix("mb");
+    return testRunSuite(memboundSuite());
 }

@@ -18,7 +18,6 @@
 #include "multiarrayInternal.h"
 #include "testUtil.h"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -30,44 +29,9 @@
 
 /* ---- fixture ------------------------------------------------------------ */
 
-static pid_t runnerPid;
 static dkshm *seg;
 static membound *mb;
 static multiarray *arr; /* 8-byte elements */
-static char segName[DKSHM_NAME_MAX + 1];
-
-static const char *maSegName(const char *tag) {
-    static char buf[DKSHM_NAME_MAX + 1];
-    snprintf(buf, sizeof buf, "/dkt-ma-%d-%d-%s", (int)runnerPid, (int)getpid(),
-             tag);
-    return buf;
-}
-
-static void unlinkLeftovers(void) {
-    char prefix[64];
-    snprintf(prefix, sizeof prefix, "dkt-ma-%d-", (int)runnerPid);
-    DIR *dir = opendir("/dev/shm");
-    if (!dir)
-        return;
-    struct dirent *e;
-    while ((e = readdir(dir)) != NULL) {
-        if (strncmp(e->d_name, prefix, strlen(prefix)) == 0) {
-            char name[sizeof e->d_name + 1];
-            snprintf(name, sizeof name, "/%s", e->d_name);
-            dkshmUnlink(name);
-        }
-    }
-    closedir(dir);
-}
-
-static void makeSegment(const char *tag, uint64_t capacity) {
-    snprintf(segName, sizeof segName, "%s", maSegName(tag));
-    dkshmUnlink(segName);
-    int rc = dkshmCreate(segName, capacity, NULL, &seg);
-    ck_assert_msg(rc == DKSHM_OK, "create %s: %s", segName, dkshmStrerror(rc));
-    mb = memboundForSegment(seg);
-    ck_assert_ptr_nonnull(mb);
-}
 
 static multiarray *openArray(const char *name, uint32_t elemSize) {
     multiarrayOptions o = {.elemSize = elemSize};
@@ -78,131 +42,33 @@ static multiarray *openArray(const char *name, uint32_t elemSize) {
 }
 
 static void setup(void) {
-    makeSegment("t", 64 * MiB);
+    testMakeSegment("t", 64 * MiB, NULL, &seg, &mb);
     arr = openArray("a", 8);
 }
 
 static void teardown(void) {
     multiarrayClose(arr);
     arr = NULL;
-    if (seg)
-        dkshmDetach(seg);
-    seg = NULL;
-    mb = NULL;
-    if (segName[0])
-        dkshmUnlink(segName);
-    segName[0] = '\0';
+    testDropSegment(&seg, &mb);
 }
 
 /* ---- helpers ------------------------------------------------------------ */
-
-static void assertCheckArray(multiarray *x) {
-    char why[256];
-    int rc = multiarrayCheck(x, why, sizeof why);
-    ck_assert_msg(rc == DKSHM_OK, "multiarrayCheck: %s (%s)", why,
-                  dkshmErrName(rc));
-}
-
-static void assertCheckAlloc(void) {
-    char why[256];
-    int rc = memboundCheck(mb, why, sizeof why);
-    ck_assert_msg(rc == DKSHM_OK, "memboundCheck: %s (%s)", why,
-                  dkshmErrName(rc));
-}
-
-typedef struct blockList { /* per process */
-    dkoff *off;
-    uint64_t *bytes;
-    size_t n, cap;
-} blockList;
-
-static void blockPush(blockList *b, dkoff off, uint64_t bytes) {
-    if (b->n == b->cap) {
-        b->cap = b->cap ? 2 * b->cap : 64;
-        b->off = realloc(b->off, b->cap * sizeof *b->off);
-        b->bytes = realloc(b->bytes, b->cap * sizeof *b->bytes);
-        ck_assert(b->off && b->bytes);
-    }
-    b->off[b->n] = off;
-    b->bytes[b->n++] = bytes;
-}
-
-static int collectArray(void *ctx, dkoff off, uint64_t bytes, int kind) {
-    (void)kind;
-    blockPush(ctx, off, bytes);
-    return 0;
-}
-
-static int collectAlloc(void *ctx, dkoff off, uint64_t size) {
-    blockPush(ctx, off, size);
-    return 0;
-}
-
-static void blockSort(blockList *b) {
-    for (size_t i = 1; i < b->n; i++)
-        for (size_t j = i; j > 0 && b->off[j - 1] > b->off[j]; j--) {
-            dkoff o = b->off[j];
-            uint64_t x = b->bytes[j];
-            b->off[j] = b->off[j - 1];
-            b->bytes[j] = b->bytes[j - 1];
-            b->off[j - 1] = o;
-            b->bytes[j - 1] = x;
-        }
-}
 
 /* Every live allocation is a block of one of the arrays XS or in a live
  * process's in-flight list, and nothing else; every array block is a live
  * allocation large enough. */
 static void assertOwnershipN(multiarray **xs, int n) {
-    blockList want = {0}, have = {0};
+    testBlocks owned = {0};
     for (int i = 0; i < n; i++)
-        ck_assert_int_eq(multiarrayForEachBlock(xs[i], collectArray, &want),
-                         DKSHM_OK);
-    for (uint32_t p = 0; p < seg->hdr->maxProcs; p++)
-        for (int j = 0; j < DK_INFLIGHT_MAX; j++)
-            if (dkSlotAt(seg, p)->inflight[j] > DK_INFLIGHT_CLAIMED)
-                blockPush(&want, dkSlotAt(seg, p)->inflight[j], 1);
-    ck_assert_int_eq(memboundForEachAllocation(mb, collectAlloc, &have),
-                     DKSHM_OK);
-    blockSort(&want);
-    blockSort(&have);
-    ck_assert_msg(want.n == have.n,
-                  "ownership: %zu owned blocks, %zu "
-                  "allocations",
-                  want.n, have.n);
-    for (size_t i = 0; i < want.n; i++) {
-        ck_assert_msg(want.off[i] == have.off[i],
-                      "ownership: block %#llx vs allocation %#llx",
-                      (unsigned long long)want.off[i],
-                      (unsigned long long)have.off[i]);
-        ck_assert_msg(have.bytes[i] >= want.bytes[i],
-                      "block %#llx: %llu bytes in a %llu-byte allocation",
-                      (unsigned long long)want.off[i],
-                      (unsigned long long)want.bytes[i],
-                      (unsigned long long)have.bytes[i]);
-    }
-    free(want.off);
-    free(want.bytes);
-    free(have.off);
-    free(have.bytes);
+        ck_assert_int_eq(
+            multiarrayForEachBlock(xs[i], testBlocksCollect, &owned), DKSHM_OK);
+    testBlocksAddInflight(&owned, seg);
+    testAssertOwnership(mb, &owned, "array");
 }
 
 static void assertOwnership(multiarray *x) {
     multiarray *all[2] = {arr, x};
     assertOwnershipN(all, x == arr ? 1 : 2);
-}
-
-static uint64_t rng(uint64_t *s) { /* xorshift64* */
-    *s ^= *s >> 12;
-    *s ^= *s << 25;
-    *s ^= *s >> 27;
-    return *s * 2685821657736338717ull;
-}
-
-static void sleepMs(unsigned ms) {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
 }
 
 static uint64_t count(multiarray *x) {
@@ -214,12 +80,6 @@ static uint64_t count(multiarray *x) {
 static multiarrayStats stats(multiarray *x) {
     multiarrayStats st;
     ck_assert_int_eq(multiarrayGetStats(x, &st), DKSHM_OK);
-    return st;
-}
-
-static memboundStats mstats(void) {
-    memboundStats st;
-    ck_assert_int_eq(memboundGetStats(mb, &st), DKSHM_OK);
     return st;
 }
 
@@ -276,7 +136,7 @@ static void randomOps(multiarray *x, size_t es, int nOps, uint64_t seed,
     uint8_t *e = malloc(es);
     ck_assert_ptr_nonnull(e);
     for (int op = 0; op < nOps; op++) {
-        uint64_t r = rng(&seed), tag = rng(&seed);
+        uint64_t r = testRng(&seed), tag = testRng(&seed);
         int kind = (int)(r % 100);
         size_t at = m.n ? (size_t)((r >> 8) % m.n) : 0;
         fillElem(e, es, tag);
@@ -310,11 +170,11 @@ static void randomOps(multiarray *x, size_t es, int nOps, uint64_t seed,
                          at, m.n, es, dkshmErrName(rc));
         if (op % 257 == 0) {
             assertModel(x, &m, es);
-            assertCheckArray(x);
+            TEST_ASSERT_CHECK(multiarrayCheck, x);
         }
     }
     assertModel(x, &m, es);
-    assertCheckArray(x);
+    TEST_ASSERT_CHECK(multiarrayCheck, x);
     /* Empty it from the front: shifts, then shrinks. */
     while (m.n) {
         if (multiarrayDelete(x, 0) != DKSHM_OK)
@@ -322,7 +182,7 @@ static void randomOps(multiarray *x, size_t es, int nOps, uint64_t seed,
         modelDelete(&m, 0);
     }
     assertModel(x, &m, es);
-    assertCheckArray(x);
+    TEST_ASSERT_CHECK(multiarrayCheck, x);
     free(e);
     free(m.tag);
 }
@@ -353,7 +213,7 @@ START_TEST(test_append_get_set) {
     size_t es;
     ck_assert_int_eq(multiarrayElemSize(arr, &es), DKSHM_OK);
     ck_assert_uint_eq(es, 8);
-    assertCheckArray(arr);
+    TEST_ASSERT_CHECK(multiarrayCheck, arr);
     assertOwnership(arr);
 }
 END_TEST
@@ -383,7 +243,7 @@ START_TEST(test_insert_delete) {
         ck_assert_int_eq(multiarrayGet(arr, i, &v), DKSHM_OK);
         ck_assert_uint_eq(v, i);
     }
-    assertCheckArray(arr);
+    TEST_ASSERT_CHECK(multiarrayCheck, arr);
     assertOwnership(arr);
 }
 END_TEST
@@ -432,14 +292,14 @@ START_TEST(test_large_shift_on_copy) {
         if (memcmp(got, e, 16) != 0)
             ck_abort_msg("element %llu", (unsigned long long)i);
     }
-    assertCheckArray(x);
+    TEST_ASSERT_CHECK(multiarrayCheck, x);
     assertOwnership(x);
     multiarrayClose(x);
 }
 END_TEST
 
 START_TEST(test_grow_shrink) {
-    memboundStats m0 = mstats();
+    memboundStats m0 = testAllocStats(mb);
     uint64_t v = 1;
     uint64_t lastCap = 0;
     int grows = 0;
@@ -454,13 +314,13 @@ START_TEST(test_grow_shrink) {
     }
     ck_assert_uint_eq(lastCap, 8192);
     ck_assert_int_eq(grows, 11); /* 8, 16, ..., 8192 */
-    ck_assert_uint_eq(mstats().allocations, m0.allocations + 1);
+    ck_assert_uint_eq(testAllocStats(mb).allocations, m0.allocations + 1);
     assertOwnership(arr);
     while (count(arr) > 0)
         ck_assert_int_eq(multiarrayDelete(arr, count(arr) - 1), DKSHM_OK);
     ck_assert_uint_eq(stats(arr).capacity, 8); /* shrunk back to the least */
-    ck_assert_uint_eq(mstats().allocations, m0.allocations + 1);
-    assertCheckArray(arr);
+    ck_assert_uint_eq(testAllocStats(mb).allocations, m0.allocations + 1);
+    TEST_ASSERT_CHECK(multiarrayCheck, arr);
     assertOwnership(arr);
     /* An initial capacity. */
     multiarrayOptions o = {.elemSize = 4, .initialCapacity = 1000};
@@ -472,7 +332,7 @@ START_TEST(test_grow_shrink) {
     for (uint32_t i = 0; i < 1000; i++)
         ck_assert_int_eq(multiarrayAppend(x, &i, NULL), DKSHM_OK);
     ck_assert_uint_eq(stats(x).capacity, 1000);
-    assertCheckArray(x);
+    TEST_ASSERT_CHECK(multiarrayCheck, x);
     assertOwnership(x);
     multiarrayClose(x);
 }
@@ -495,7 +355,7 @@ START_TEST(test_index_errors) {
     ck_assert_uint_eq(count(arr), 1);
     ck_assert_int_eq(multiarrayGet(arr, 0, &v), DKSHM_OK);
     ck_assert_uint_eq(v, 5);
-    assertCheckArray(arr);
+    TEST_ASSERT_CHECK(multiarrayCheck, arr);
 }
 END_TEST
 
@@ -547,7 +407,7 @@ START_TEST(test_open_by_name) {
     multiarray *x = openArray("raced", 8);
     ck_assert_uint_eq(count(x), 4);
     ck_assert_int_eq(dkshmReap(seg, NULL), DKSHM_OK);
-    assertCheckArray(x);
+    TEST_ASSERT_CHECK(multiarrayCheck, x);
     multiarray *all[3] = {arr, x, NULL};
     ck_assert_int_eq(multiarrayOpen(seg, "t", NULL, 0, &all[2]), DKSHM_OK);
     assertOwnershipN(all, 3);
@@ -571,7 +431,7 @@ START_TEST(test_bad_input) {
     ck_assert_int_eq(multiarrayElemSize(NULL, &es), DKSHM_INVALID);
     ck_assert_int_eq(multiarrayGetStats(NULL, &st), DKSHM_INVALID);
     ck_assert_int_eq(multiarrayCheck(NULL, why, sizeof why), DKSHM_INVALID);
-    ck_assert_int_eq(multiarrayForEachBlock(NULL, collectArray, NULL),
+    ck_assert_int_eq(multiarrayForEachBlock(NULL, testBlocksCollect, NULL),
                      DKSHM_INVALID);
     ck_assert_int_eq(multiarrayClose(NULL), DKSHM_OK);
     ck_assert_int_eq(multiarrayAppend(arr, NULL, NULL), DKSHM_INVALID);
@@ -627,7 +487,7 @@ START_TEST(test_bad_input) {
     ck_assert_int_eq(memcmp(g, e, MULTIARRAY_ELEM_MAX), 0);
     ck_assert_int_eq(multiarrayDelete(x, 0), DKSHM_OK);
     ck_assert_uint_eq(count(x), 2);
-    assertCheckArray(x);
+    TEST_ASSERT_CHECK(multiarrayCheck, x);
     assertOwnership(x);
     free(e);
     free(g);
@@ -653,7 +513,8 @@ START_TEST(test_read_only) {
     for (uint64_t v = 0; v < 20; v++)
         ck_assert_int_eq(multiarrayAppend(arr, &v, NULL), DKSHM_OK);
     dkshm *ro;
-    ck_assert_int_eq(dkshmAttach(segName, DKSHM_RDONLY, &ro), DKSHM_OK);
+    ck_assert_int_eq(dkshmAttach(testSegmentName(), DKSHM_RDONLY, &ro),
+                     DKSHM_OK);
     multiarray *x = NULL;
     ck_assert_int_eq(multiarrayOpen(ro, "a", NULL, 0, &x), DKSHM_OK);
     uint64_t v, n;
@@ -665,7 +526,7 @@ START_TEST(test_read_only) {
     multiarrayStats st;
     ck_assert_int_eq(multiarrayGetStats(x, &st), DKSHM_OK);
     ck_assert_uint_eq(st.count, 20);
-    assertCheckArray(x);
+    TEST_ASSERT_CHECK(multiarrayCheck, x);
     ck_assert_int_eq(multiarrayAppend(x, &v, NULL), DKSHM_READONLY);
     ck_assert_int_eq(multiarrayInsert(x, 0, &v), DKSHM_READONLY);
     ck_assert_int_eq(multiarraySet(x, 0, &v), DKSHM_READONLY);
@@ -682,9 +543,8 @@ END_TEST
 
 START_TEST(test_full_segment) {
     multiarrayClose(arr);
-    dkshmDetach(seg);
-    dkshmUnlink(segName);
-    makeSegment("small", DKSHM_MIN_CAPACITY);
+    testDropSegment(&seg, &mb);
+    testMakeSegment("small", DKSHM_MIN_CAPACITY, NULL, &seg, &mb);
     arr = openArray("a", 8);
     multiarray *x = openArray("b", 100);
     uint8_t e[100];
@@ -698,7 +558,7 @@ START_TEST(test_full_segment) {
     }
     ck_assert_int_eq(rc, DKSHM_FULL);
     ck_assert_uint_gt(n, 100);
-    memboundStats m = mstats();
+    memboundStats m = testAllocStats(mb);
     multiarrayStats st = stats(x);
     /* A front insert may still fit in place (if there is room in the block)
      * or needs a copy that cannot fit: either way all or nothing. */
@@ -706,7 +566,7 @@ START_TEST(test_full_segment) {
     ck_assert_int_eq(multiarrayAppend(x, e, NULL), DKSHM_FULL);
     if (st.capacity == st.count)
         ck_assert_int_eq(multiarrayInsert(x, 0, e), DKSHM_FULL);
-    memboundStats m2 = mstats();
+    memboundStats m2 = testAllocStats(mb);
     ck_assert_uint_eq(m2.used, m.used);
     ck_assert_uint_eq(m2.allocations, m.allocations);
     ck_assert_uint_eq(count(x), n);
@@ -721,7 +581,7 @@ START_TEST(test_full_segment) {
     rc = multiarrayDelete(x, 0);
     ck_assert(rc == DKSHM_OK || rc == DKSHM_FULL);
     ck_assert_uint_eq(count(x), rc == DKSHM_OK ? n - 1 : n);
-    assertCheckArray(x);
+    TEST_ASSERT_CHECK(multiarrayCheck, x);
     assertOwnership(x);
     multiarrayClose(x);
 }
@@ -761,8 +621,8 @@ static uint64_t countRaw(multiarray *x) {
 static void tornWriter(multiarray *x, tornShared *sh, uint64_t seed) {
     uint8_t e[TV_ES];
     while (!__atomic_load_n(&sh->stop, __ATOMIC_RELAXED)) {
-        uint64_t r = rng(&seed), n = countRaw(x);
-        mkElem(e, rng(&seed));
+        uint64_t r = testRng(&seed), n = countRaw(x);
+        mkElem(e, testRng(&seed));
         int kind = (int)(r % 4);
         uint64_t at = n ? (r >> 8) % n : 0;
         if (kind == 0 && n < 300)
@@ -781,7 +641,7 @@ static void tornReader(multiarray *x, tornShared *sh, uint64_t seed) {
     uint8_t e[TV_ES];
     while (!__atomic_load_n(&sh->stop, __ATOMIC_RELAXED)) {
         uint64_t n = countRaw(x);
-        int rc = multiarrayGet(x, n ? rng(&seed) % n : 0, e);
+        int rc = multiarrayGet(x, n ? testRng(&seed) % n : 0, e);
         if (rc == DKSHM_OK && !elemOk(e))
             __atomic_add_fetch(&sh->bad, 1, __ATOMIC_RELAXED);
         else if (rc != DKSHM_OK && rc != DKSHM_NOTFOUND)
@@ -814,7 +674,8 @@ START_TEST(test_readers_never_torn) {
             } else { /* a read-only attachment reads too */
                 dkshm *ro;
                 multiarray *y;
-                if (dkshmAttach(segName, DKSHM_RDONLY, &ro) != DKSHM_OK ||
+                if (dkshmAttach(testSegmentName(), DKSHM_RDONLY, &ro) !=
+                        DKSHM_OK ||
                     multiarrayOpen(ro, "torn", NULL, 0, &y) != DKSHM_OK)
                     _exit(1);
                 tornReader(y, sh, 29);
@@ -822,7 +683,7 @@ START_TEST(test_readers_never_torn) {
             _exit(0);
         }
     }
-    sleepMs(1000);
+    testSleepMs(1000);
     __atomic_store_n(&sh->stop, 1, __ATOMIC_RELAXED);
     for (int i = 0; i < 3; i++)
         ck_assert_int_eq(testWait(pids[i]), 0);
@@ -833,7 +694,7 @@ START_TEST(test_readers_never_torn) {
     ck_assert_uint_gt(sh->reads, 1000);
     ck_assert_uint_gt(sh->writes, 1000);
     ck_assert_int_eq(dkshmReap(seg, NULL), DKSHM_OK);
-    assertCheckArray(x);
+    TEST_ASSERT_CHECK(multiarrayCheck, x);
     assertOwnership(x);
     munmap(sh, sizeof *sh);
     multiarrayClose(x);
@@ -871,13 +732,13 @@ START_TEST(test_threads_never_torn) {
             .x = x, .sh = &sh, .seed = 100 + (uint64_t)i, .writer = i < 2};
         ck_assert_int_eq(pthread_create(&th[i], NULL, tornThread, &args[i]), 0);
     }
-    sleepMs(700);
+    testSleepMs(700);
     __atomic_store_n(&sh.stop, 1, __ATOMIC_RELAXED);
     for (int i = 0; i < 4; i++)
         pthread_join(th[i], NULL);
     ck_assert_uint_eq(sh.bad, 0);
     ck_assert_uint_gt(sh.reads, 100);
-    assertCheckArray(x);
+    TEST_ASSERT_CHECK(multiarrayCheck, x);
     assertOwnership(x);
     multiarrayClose(x);
 }
@@ -915,19 +776,18 @@ static bool arrayIs(multiarray *x, const model *m, size_t es) {
 /* Rebuild X from scratch as M: a new array under the same name. */
 static void rebuildAs(walk *w, const model *m, uint64_t initialCap) {
     if (w->x) {
-        blockList b = {0};
-        ck_assert_int_eq(multiarrayForEachBlock(w->x, collectArray, &b),
+        testBlocks b = {0};
+        ck_assert_int_eq(multiarrayForEachBlock(w->x, testBlocksCollect, &b),
                          DKSHM_OK);
         multiarrayClose(w->x);
         dkoff root;
         ck_assert_int_eq(
             dkshmObjectRemove(seg, w->name, MULTIARRAY_TYPE, &root), DKSHM_OK);
         for (size_t i = 0; i < b.n; i++)
-            if (b.off[i] != root) /* the element block: the root's */
-                ck_assert_int_eq(memboundFreeOff(mb, b.off[i]), DKSHM_OK);
+            if (b.b[i].off != root) /* the element block: the root's */
+                ck_assert_int_eq(memboundFreeOff(mb, b.b[i].off), DKSHM_OK);
         ck_assert_int_eq(memboundFreeInflight(mb, root), DKSHM_OK);
-        free(b.off);
-        free(b.bytes);
+        free(b.b);
     }
     multiarrayOptions o = {.elemSize = (uint32_t)w->es,
                            .initialCapacity = initialCap};
@@ -970,7 +830,7 @@ static void recoverNow(long k) {
 }
 
 static void assertAlloc(const memboundStats *want, long k, const char *what) {
-    memboundStats m = mstats();
+    memboundStats m = testAllocStats(mb);
     ck_assert_msg(
         m.used == want->used && m.allocations == want->allocations,
         "%s crash point %ld: allocator %llu bytes in %llu blocks, "
@@ -987,7 +847,7 @@ static void walkAfter(void *arg, long k) {
     int rc = multiarrayCheck(w->x, why, sizeof why);
     ck_assert_msg(rc == DKSHM_OK, "%s crash point %ld: %s (%s)", w->name, k,
                   why, dkshmErrName(rc));
-    assertCheckAlloc();
+    TEST_ASSERT_CHECK(memboundCheck, mb);
     assertOwnership(w->x);
     int st = arrayIs(w->x, &w->before, w->es)  ? 0
              : arrayIs(w->x, &w->after, w->es) ? 1
@@ -1003,16 +863,16 @@ static void walkAfter(void *arg, long k) {
 static void runWalk(walk *w, int minPoints) {
     w->x = NULL;
     w->prepare(w);
-    w->mBefore = mstats();
+    w->mBefore = testAllocStats(mb);
     ck_assert_int_eq(walkOp(w), 0);
     ck_assert(arrayIs(w->x, &w->after, w->es));
-    w->mAfter = mstats();
+    w->mAfter = testAllocStats(mb);
     w->prepare(w);
     assertAlloc(&w->mBefore, 0, "prepare");
     w->points = testCrashWalk(walkOp, walkAfter, w, 5000);
     ck_assert(arrayIs(w->x, &w->after, w->es));
     ck_assert_int_eq(dkshmReap(seg, NULL), DKSHM_OK);
-    assertCheckArray(w->x);
+    TEST_ASSERT_CHECK(multiarrayCheck, w->x);
     assertAlloc(&w->mAfter, w->points + 1, w->name);
     ck_assert_msg(w->points >= minPoints, "%s: only %ld crash points", w->name,
                   w->points);
@@ -1153,7 +1013,7 @@ static bool rkElemOk(const uint8_t *e, uint64_t *id) {
 static int rkWorker(multiarray *x, rkShared *sh, int fd, uint64_t seed) {
     uint8_t e[32];
     for (uint64_t ver = 1;; ver++) {
-        uint64_t r = rng(&seed), n = countRaw(x);
+        uint64_t r = testRng(&seed), n = countRaw(x);
         int rc;
         if (r % 10 < 2 || n >= RK_MAX) {
             rkElem(e, 0, ver);
@@ -1163,7 +1023,7 @@ static int rkWorker(multiarray *x, rkShared *sh, int fd, uint64_t seed) {
         uint64_t id = __atomic_add_fetch(&sh->nextId, 1, __ATOMIC_RELAXED);
         if (id >= RK_IDS)
             for (;;)
-                sleepMs(100);
+                testSleepMs(100);
         rkElem(e, id, 0);
         if (r % 10 < 6)
             rc = multiarrayAppend(x, e, NULL);
@@ -1198,30 +1058,30 @@ START_TEST(test_random_kill) {
         pids[w] = fork();
         ck_assert_int_ge(pids[w], 0);
         if (pids[w] == 0)
-            _exit(rkWorker(x, sh, ack[1], rng(&seed) | 1));
+            _exit(rkWorker(x, sh, ack[1], testRng(&seed) | 1));
     }
     int kills = 0;
     uint64_t start = dkNowNs(), nAcked = 0;
     /* A number of kills, not a duration: slow (sanitizer) builds do the
      * same test; the time cap only stops a hang. */
     while (kills < 60 && dkNowNs() - start < 60000000000ull) {
-        sleepMs(1 + (unsigned)(rng(&seed) % 10));
+        testSleepMs(1 + (unsigned)(testRng(&seed) % 10));
         uint64_t ids[512];
         ssize_t got;
         for (int rd = 0; rd < 64 && (got = read(ack[0], ids, sizeof ids)) > 0;
              rd++)
             for (ssize_t i = 0; i < got / 8; i++, nAcked++)
                 acked[ids[i] % RK_IDS] = 1;
-        int w = (int)(rng(&seed) % RK_WORKERS);
+        int w = (int)(testRng(&seed) % RK_WORKERS);
         kill(pids[w], SIGKILL);
         ck_assert_int_eq(testWait(pids[w]), TEST_KILLED);
         kills++;
         recoverNow(kills);
         ck_assert_int_eq(dkshmReap(seg, NULL), DKSHM_OK);
         if (kills % 16 == 0)
-            assertCheckArray(x);
+            TEST_ASSERT_CHECK(multiarrayCheck, x);
         fflush(NULL);
-        uint64_t s2 = rng(&seed) | 1;
+        uint64_t s2 = testRng(&seed) | 1;
         pids[w] = fork();
         ck_assert_int_ge(pids[w], 0);
         if (pids[w] == 0)
@@ -1240,8 +1100,8 @@ START_TEST(test_random_kill) {
             acked[ids[i] % RK_IDS] = 1;
     close(ack[0]);
     ck_assert_int_eq(dkshmReap(seg, NULL), DKSHM_OK);
-    assertCheckArray(x);
-    assertCheckAlloc();
+    TEST_ASSERT_CHECK(multiarrayCheck, x);
+    TEST_ASSERT_CHECK(memboundCheck, mb);
     assertOwnership(x);
     uint8_t *seen = calloc(RK_IDS, 1);
     ck_assert_ptr_nonnull(seen);
@@ -1277,12 +1137,7 @@ END_TEST
 /* ---- suite -------------------------------------------------------------- */
 
 static Suite *multiarraySuite(void) {
-    Suite *s = suite_create("multiarray");
-    struct {
-        const char *name;
-        const TTest *tests[16];
-        int timeout;
-    } cases[] = {
+    const testCaseSpec cases[] = {
         {"basic",
          {test_append_get_set, test_insert_delete, test_model_elem_sizes,
           test_large_shift_on_copy, test_grow_shrink, test_index_errors,
@@ -1302,20 +1157,11 @@ static Suite *multiarraySuite(void) {
          300},
         {"randomKill", {test_random_kill}, 120},
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        TCase *tc = tcase_create(cases[i].name);
-        tcase_add_checked_fixture(tc, setup, teardown);
-        tcase_set_timeout(tc, cases[i].timeout);
-        for (int j = 0; j < 16 && cases[i].tests[j]; j++)
-            tcase_add_test(tc, cases[i].tests[j]);
-        suite_add_tcase(s, tc);
-    }
-    return s;
+    return testSuiteFrom("multiarray", cases, sizeof cases / sizeof cases[0],
+                         setup, teardown);
 }
 
 int main(void) {
-    runnerPid = getpid();
-    int rc = testRunSuite(multiarraySuite());
-    unlinkLeftovers();
-    return rc;
+    testSetPrefix("ma");
+    return testRunSuite(multiarraySuite());
 }

@@ -21,7 +21,6 @@
 #include "multilistInternal.h"
 #include "testUtil.h"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -34,44 +33,9 @@
 
 /* ---- fixture ------------------------------------------------------------ */
 
-static pid_t runnerPid;
 static dkshm *seg;
 static membound *mb;
 static multilist *l;
-static char segName[DKSHM_NAME_MAX + 1];
-
-static const char *mlSegName(const char *tag) {
-    static char buf[DKSHM_NAME_MAX + 1];
-    snprintf(buf, sizeof buf, "/dkt-ml-%d-%d-%s", (int)runnerPid, (int)getpid(),
-             tag);
-    return buf;
-}
-
-static void unlinkLeftovers(void) {
-    char prefix[64];
-    snprintf(prefix, sizeof prefix, "dkt-ml-%d-", (int)runnerPid);
-    DIR *dir = opendir("/dev/shm");
-    if (!dir)
-        return;
-    struct dirent *e;
-    while ((e = readdir(dir)) != NULL) {
-        if (strncmp(e->d_name, prefix, strlen(prefix)) == 0) {
-            char name[sizeof e->d_name + 1];
-            snprintf(name, sizeof name, "/%s", e->d_name);
-            dkshmUnlink(name);
-        }
-    }
-    closedir(dir);
-}
-
-static void makeSegment(const char *tag, uint64_t capacity) {
-    snprintf(segName, sizeof segName, "%s", mlSegName(tag));
-    dkshmUnlink(segName);
-    int rc = dkshmCreate(segName, capacity, NULL, &seg);
-    ck_assert_msg(rc == DKSHM_OK, "create %s: %s", segName, dkshmStrerror(rc));
-    mb = memboundForSegment(seg);
-    ck_assert_ptr_nonnull(mb);
-}
 
 static multilist *openList(const char *name, uint64_t maxItems) {
     multilistOptions o = {.maxItems = maxItems};
@@ -82,77 +46,17 @@ static multilist *openList(const char *name, uint64_t maxItems) {
 }
 
 static void setup(void) {
-    makeSegment("t", 64 * MiB);
+    testMakeSegment("t", 64 * MiB, NULL, &seg, &mb);
     l = openList("q", 0);
 }
 
 static void teardown(void) {
     multilistClose(l);
     l = NULL;
-    if (seg)
-        dkshmDetach(seg);
-    seg = NULL;
-    mb = NULL;
-    if (segName[0])
-        dkshmUnlink(segName);
-    segName[0] = '\0';
+    testDropSegment(&seg, &mb);
 }
 
 /* ---- helpers ------------------------------------------------------------ */
-
-static void assertCheckList(multilist *x) {
-    char why[256];
-    int rc = multilistCheck(x, why, sizeof why);
-    ck_assert_msg(rc == DKSHM_OK, "multilistCheck: %s (%s)", why,
-                  dkshmErrName(rc));
-}
-
-static void assertCheckAlloc(void) {
-    char why[256];
-    int rc = memboundCheck(mb, why, sizeof why);
-    ck_assert_msg(rc == DKSHM_OK, "memboundCheck: %s (%s)", why,
-                  dkshmErrName(rc));
-}
-
-typedef struct blockList { /* per process */
-    dkoff *off;
-    uint64_t *bytes;
-    size_t n, cap;
-} blockList;
-
-static void blockPush(blockList *b, dkoff off, uint64_t bytes) {
-    if (b->n == b->cap) {
-        b->cap = b->cap ? 2 * b->cap : 1024;
-        b->off = realloc(b->off, b->cap * sizeof *b->off);
-        b->bytes = realloc(b->bytes, b->cap * sizeof *b->bytes);
-        ck_assert(b->off && b->bytes);
-    }
-    b->off[b->n] = off;
-    b->bytes[b->n++] = bytes;
-}
-
-static int collectList(void *ctx, dkoff off, uint64_t bytes, int kind) {
-    (void)kind;
-    blockPush(ctx, off, bytes);
-    return 0;
-}
-
-static int collectAlloc(void *ctx, dkoff off, uint64_t size) {
-    blockPush(ctx, off, size);
-    return 0;
-}
-
-static void blockSort(blockList *b) {
-    for (size_t i = 1; i < b->n; i++)
-        for (size_t j = i; j > 0 && b->off[j - 1] > b->off[j]; j--) {
-            dkoff o = b->off[j];
-            uint64_t x = b->bytes[j];
-            b->off[j] = b->off[j - 1];
-            b->bytes[j] = b->bytes[j - 1];
-            b->off[j - 1] = o;
-            b->bytes[j - 1] = x;
-        }
-}
 
 /* RECOVERY.md §1: every live allocation is a block of one of the lists LS,
  * one of the EXTRA blocks, or in some live process's in-flight list — and
@@ -160,69 +64,18 @@ static void blockSort(blockList *b) {
  * enough. */
 static void assertOwnershipEx(multilist **ls, int n, const dkoff *extra,
                               int nExtra) {
-    blockList want = {0}, have = {0};
+    testBlocks owned = {0};
     for (int i = 0; i < n; i++)
-        ck_assert_int_eq(multilistForEachBlock(ls[i], collectList, &want),
-                         DKSHM_OK);
+        ck_assert_int_eq(
+            multilistForEachBlock(ls[i], testBlocksCollect, &owned), DKSHM_OK);
     for (int i = 0; i < nExtra; i++)
-        blockPush(&want, extra[i], 1);
-    for (uint32_t p = 0; p < seg->hdr->maxProcs; p++)
-        for (int j = 0; j < DK_INFLIGHT_MAX; j++)
-            if (dkSlotAt(seg, p)->inflight[j] > DK_INFLIGHT_CLAIMED)
-                blockPush(&want, dkSlotAt(seg, p)->inflight[j], 1);
-    ck_assert_int_eq(memboundForEachAllocation(mb, collectAlloc, &have),
-                     DKSHM_OK);
-    blockSort(&want);
-    blockSort(&have);
-    if (want.n != have.n) {
-        for (size_t i = 0, j = 0; i < have.n; i++) {
-            if (j < want.n && want.off[j] == have.off[i]) {
-                j++;
-                continue;
-            }
-            fprintf(stderr,
-                    "ownership: allocation %#llx (%llu bytes) "
-                    "owned by nothing\n",
-                    (unsigned long long)have.off[i],
-                    (unsigned long long)have.bytes[i]);
-        }
-    }
-    ck_assert_msg(want.n == have.n,
-                  "ownership: %zu owned blocks, %zu "
-                  "allocations",
-                  want.n, have.n);
-    for (size_t i = 0; i < want.n; i++) {
-        ck_assert_msg(want.off[i] == have.off[i],
-                      "ownership: block %#llx vs allocation %#llx",
-                      (unsigned long long)want.off[i],
-                      (unsigned long long)have.off[i]);
-        ck_assert_msg(have.bytes[i] >= want.bytes[i],
-                      "block %#llx: %llu bytes in a %llu-byte allocation",
-                      (unsigned long long)want.off[i],
-                      (unsigned long long)want.bytes[i],
-                      (unsigned long long)have.bytes[i]);
-    }
-    free(want.off);
-    free(want.bytes);
-    free(have.off);
-    free(have.bytes);
+        testBlocksPush(&owned, extra[i], 1);
+    testBlocksAddInflight(&owned, seg);
+    testAssertOwnership(mb, &owned, "list");
 }
 
 static void assertOwnership(multilist *x) {
     assertOwnershipEx(&x, 1, NULL, 0);
-}
-
-static uint64_t rng(uint64_t *s) { /* xorshift64* */
-    *s ^= *s >> 12;
-    *s ^= *s << 25;
-    *s ^= *s >> 27;
-    return *s * 2685821657736338717ull;
-}
-
-static void sleepMs(unsigned ms) {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
 }
 
 static void pushStr(multilist *x, uint32_t end, const char *v) {
@@ -264,12 +117,6 @@ static multilistStats stats(multilist *x) {
     return st;
 }
 
-static memboundStats mstats(void) {
-    memboundStats st;
-    ck_assert_int_eq(memboundGetStats(mb, &st), DKSHM_OK);
-    return st;
-}
-
 static void fillBytes(uint8_t *v, size_t n, uint64_t seed) {
     for (size_t i = 0; i < n; i++)
         v[i] = (uint8_t)(seed * 31 + i * 7 + (i >> 8));
@@ -281,7 +128,7 @@ static void fillBytes(uint8_t *v, size_t n, uint64_t seed) {
         uint64_t until_ = dkNowNs() + (uint64_t)(ms)*1000000ull;               \
         bool ok_;                                                              \
         while (!(ok_ = (cond)) && dkNowNs() < until_)                          \
-            sleepMs(1);                                                        \
+            testSleepMs(1);                                                    \
         ok_;                                                                   \
     })
 
@@ -314,7 +161,7 @@ START_TEST(test_fifo_lifo_deque) {
         snprintf(buf, sizeof buf, "s%d", i);
         ck_assert_int_eq(multilistPushHead(l, buf, strlen(buf)), DKSHM_OK);
     }
-    assertCheckList(l);
+    TEST_ASSERT_CHECK(multilistCheck, l);
     for (int i = 99; i >= 0; i--) {
         char want[16];
         size_t len;
@@ -336,7 +183,7 @@ START_TEST(test_fifo_lifo_deque) {
         ck_assert_uint_eq(len, strlen(want));
         ck_assert_int_eq(memcmp(buf, want, len), 0);
     }
-    assertCheckList(l);
+    TEST_ASSERT_CHECK(multilistCheck, l);
     assertOwnership(l);
 }
 END_TEST
@@ -362,7 +209,7 @@ START_TEST(test_item_sizes) {
             total += sizes[i];
         ck_assert_uint_eq(st.count, N);
         ck_assert_uint_eq(st.bytes, total);
-        assertCheckList(l);
+        TEST_ASSERT_CHECK(multilistCheck, l);
         assertOwnership(l);
         for (int i = 0; i < N; i++) {
             size_t len = 12345;
@@ -381,7 +228,7 @@ START_TEST(test_item_sizes) {
     size_t len = 99;
     ck_assert_int_eq(multilistPopHead(l, NULL, 0, &len), DKSHM_OK);
     ck_assert_uint_eq(len, 0);
-    assertCheckList(l);
+    TEST_ASSERT_CHECK(multilistCheck, l);
     assertOwnership(l);
     free(v);
     free(got);
@@ -410,7 +257,7 @@ START_TEST(test_buffer_too_small) {
     ck_assert_int_eq(memcmp(got, v, 40), 0);
     ck_assert_int_eq(multilistPopHead(l, got, 300, &len), DKSHM_OK);
     ck_assert_int_eq(memcmp(got, v, 300), 0);
-    assertCheckList(l);
+    TEST_ASSERT_CHECK(multilistCheck, l);
 }
 END_TEST
 
@@ -434,7 +281,7 @@ START_TEST(test_capacity) {
     assertPop(b, MULTILIST_HEAD, "1");
     assertPop(b, MULTILIST_HEAD, "2");
     assertPop(b, MULTILIST_HEAD, "3");
-    assertCheckList(b);
+    TEST_ASSERT_CHECK(multilistCheck, b);
     multilist *all[2] = {l, b};
     assertOwnershipEx(all, 2, NULL, 0);
     multilistClose(b);
@@ -476,13 +323,9 @@ static int childPopOne(void *arg) {
 }
 
 START_TEST(test_blocking_wakeups) {
-    fflush(NULL);
-    pid_t p = fork();
-    ck_assert_int_ge(p, 0);
-    if (p == 0)
-        _exit(childPopOne(NULL));
+    pid_t p = testSpawn(childPopOne, NULL);
     ck_assert(waitUntil(stats(l).popWaiters == 1, 5000));
-    sleepMs(20);
+    testSleepMs(20);
     pushStr(l, MULTILIST_TAIL, "later");
     ck_assert_int_eq(testWait(p), 0);
     ck_assert_uint_eq(count(l), 0);
@@ -501,7 +344,7 @@ START_TEST(test_blocking_wakeups) {
     assertPop(b, MULTILIST_HEAD, "first");
     ck_assert_int_eq(testWait(p), 0);
     assertPop(b, MULTILIST_HEAD, "second");
-    assertCheckList(b);
+    TEST_ASSERT_CHECK(multilistCheck, b);
     ck_assert_int_eq(dkshmReap(seg, NULL), DKSHM_OK);
     multilist *all[2] = {l, b};
     assertOwnershipEx(all, 2, NULL, 0);
@@ -564,8 +407,8 @@ START_TEST(test_shutdown_wakes_all) {
     multilist *again = openList("full", 0);
     ck_assert_int_eq(multilistPushTail(again, "z", 1), DKSHM_SHUTDOWN);
     multilistClose(again);
-    assertCheckList(l);
-    assertCheckList(full);
+    TEST_ASSERT_CHECK(multilistCheck, l);
+    TEST_ASSERT_CHECK(multilistCheck, full);
     ck_assert_int_eq(dkshmReap(seg, NULL), DKSHM_OK);
     multilist *all[2] = {l, full};
     assertOwnershipEx(all, 2, NULL, 0);
@@ -574,7 +417,7 @@ START_TEST(test_shutdown_wakes_all) {
 END_TEST
 
 START_TEST(test_stats_and_trim) {
-    memboundStats m0 = mstats();
+    memboundStats m0 = testAllocStats(mb);
     uint8_t v[2000];
     fillBytes(v, sizeof v, 1);
     for (int i = 0; i < 50; i++)
@@ -600,22 +443,22 @@ START_TEST(test_stats_and_trim) {
      * 40 and 80 (128), 120..200 (256). */
     ck_assert_uint_eq(st.cachedNodes, 6);
     ck_assert_uint_eq(st.cachedBytes, 64 + 2 * 128 + 3 * 256);
-    assertCheckList(l);
+    TEST_ASSERT_CHECK(multilistCheck, l);
     assertOwnership(l);
     /* The next small pushes reuse them: no allocation. */
-    memboundStats m1 = mstats();
+    memboundStats m1 = testAllocStats(mb);
     ck_assert_int_eq(multilistPushTail(l, v, 10), DKSHM_OK);
     ck_assert_int_eq(multilistPushTail(l, v, 150), DKSHM_OK);
-    ck_assert_uint_eq(mstats().allocations, m1.allocations);
+    ck_assert_uint_eq(testAllocStats(mb).allocations, m1.allocations);
     ck_assert_uint_eq(stats(l).cachedNodes, 4);
     ck_assert_int_eq(multilistPopHead(l, got, sizeof got, &len), DKSHM_OK);
     ck_assert_int_eq(multilistPopHead(l, got, sizeof got, &len), DKSHM_OK);
     ck_assert_int_eq(multilistTrim(l), DKSHM_OK);
     ck_assert_uint_eq(stats(l).cachedNodes, 0);
-    memboundStats m2 = mstats();
+    memboundStats m2 = testAllocStats(mb);
     ck_assert_uint_eq(m2.allocations, m0.allocations);
     ck_assert_uint_eq(m2.used, m0.used);
-    assertCheckList(l);
+    TEST_ASSERT_CHECK(multilistCheck, l);
     assertOwnership(l);
 }
 END_TEST
@@ -635,7 +478,7 @@ START_TEST(test_batches) {
                      DKSHM_OK);
     ck_assert_uint_eq(pushed, N);
     ck_assert_uint_eq(count(l), N);
-    assertCheckList(l);
+    TEST_ASSERT_CHECK(multilistCheck, l);
     char buf[4096];
     size_t got[N];
     ck_assert_int_eq(multilistPopMany(l, MULTILIST_HEAD, buf, sizeof buf, got,
@@ -754,8 +597,8 @@ START_TEST(test_batches) {
                      DKSHM_INVALID);
     ck_assert_int_eq(multilistPopMany(l, 5, buf, 1, got, 1, &popped, 0),
                      DKSHM_INVALID);
-    assertCheckList(l);
-    assertCheckList(b);
+    TEST_ASSERT_CHECK(multilistCheck, l);
+    TEST_ASSERT_CHECK(multilistCheck, b);
     multilist *all[2] = {l, b};
     assertOwnershipEx(all, 2, NULL, 0);
     multilistClose(b);
@@ -824,7 +667,7 @@ START_TEST(test_open_race) {
         ck_assert_int_eq(testWait(pids[i]), 0);
     multilist *x = openList("raced", 0);
     ck_assert_uint_eq(count(x), 4);
-    assertCheckList(x);
+    TEST_ASSERT_CHECK(multilistCheck, x);
     ck_assert_int_eq(dkshmReap(seg, NULL), DKSHM_OK);
     multilist *all[2] = {l, x};
     assertOwnershipEx(all, 2, NULL, 0);
@@ -852,7 +695,7 @@ START_TEST(test_bad_input) {
     ck_assert_int_eq(multilistGetStats(NULL, &st), DKSHM_INVALID);
     ck_assert_int_eq(multilistCheck(NULL, buf, sizeof buf), DKSHM_INVALID);
     ck_assert_int_eq(multilistClose(NULL), DKSHM_OK);
-    ck_assert_int_eq(multilistForEachBlock(NULL, collectList, NULL),
+    ck_assert_int_eq(multilistForEachBlock(NULL, testBlocksCollect, NULL),
                      DKSHM_INVALID);
     /* NULL outputs and buffers, bad ends. */
     ck_assert_int_eq(multilistCount(l, NULL), DKSHM_INVALID);
@@ -902,7 +745,7 @@ START_TEST(test_bad_input) {
     ck_assert_ptr_null(x);
     ck_assert_int_eq(dkshmObjectFind(seg, "new", NULL, NULL), DKSHM_NOTFOUND);
     assertPop(l, MULTILIST_HEAD, "keep");
-    assertCheckList(l);
+    TEST_ASSERT_CHECK(multilistCheck, l);
     assertOwnership(l);
 }
 END_TEST
@@ -927,7 +770,8 @@ START_TEST(test_read_only) {
     pushStr(l, MULTILIST_TAIL, "one");
     pushStr(l, MULTILIST_TAIL, "two");
     dkshm *ro;
-    ck_assert_int_eq(dkshmAttach(segName, DKSHM_RDONLY, &ro), DKSHM_OK);
+    ck_assert_int_eq(dkshmAttach(testSegmentName(), DKSHM_RDONLY, &ro),
+                     DKSHM_OK);
     multilist *x = NULL;
     ck_assert_int_eq(multilistOpen(ro, "q", NULL, 0, &x), DKSHM_OK);
     char buf[16];
@@ -938,7 +782,7 @@ START_TEST(test_read_only) {
     multilistStats st;
     ck_assert_int_eq(multilistGetStats(x, &st), DKSHM_OK);
     ck_assert_uint_eq(st.pushes, 2);
-    assertCheckList(x);
+    TEST_ASSERT_CHECK(multilistCheck, x);
     ck_assert_int_eq(multilistPushTail(x, "a", 1), DKSHM_READONLY);
     ck_assert_int_eq(multilistPush(x, MULTILIST_HEAD, "a", 1, 100),
                      DKSHM_READONLY);
@@ -964,9 +808,8 @@ END_TEST
 
 START_TEST(test_full_segment) {
     multilistClose(l);
-    dkshmDetach(seg);
-    dkshmUnlink(segName);
-    makeSegment("small", DKSHM_MIN_CAPACITY);
+    testDropSegment(&seg, &mb);
+    testMakeSegment("small", DKSHM_MIN_CAPACITY, NULL, &seg, &mb);
     l = openList("q", 0);
     uint8_t v[1000];
     int pushed = 0, rc;
@@ -984,15 +827,15 @@ START_TEST(test_full_segment) {
     int small = 0;
     while (multilistPushTail(l, v, 8) == DKSHM_OK)
         small++;
-    memboundStats m = mstats();
+    memboundStats m = testAllocStats(mb);
     ck_assert_int_eq(multilistPushTail(l, v, 8), DKSHM_FULL);
     ck_assert_int_eq(multilistPushHead(l, v, 200), DKSHM_FULL);
-    memboundStats m2 = mstats();
+    memboundStats m2 = testAllocStats(mb);
     ck_assert_uint_eq(m2.used, m.used);
     ck_assert_uint_eq(m2.allocations, m.allocations);
     ck_assert_uint_eq(count(l), (uint64_t)(pushed + small));
     ck_assert_int_eq(multilistPushTail(l, v, 300 * 1024), DKSHM_TOOBIG);
-    assertCheckList(l);
+    TEST_ASSERT_CHECK(multilistCheck, l);
     assertOwnership(l);
     uint8_t got[1000];
     size_t len;
@@ -1016,7 +859,7 @@ START_TEST(test_full_segment) {
     while (multilistPushTail(l, v, sizeof v) == DKSHM_OK)
         again++;
     ck_assert_int_ge(again, pushed);
-    assertCheckList(l);
+    TEST_ASSERT_CHECK(multilistCheck, l);
     assertOwnership(l);
 }
 END_TEST
@@ -1155,8 +998,9 @@ START_TEST(test_procs_exactly_once) {
             if (i == MP_CONSUMERS - 1) { /* an unrelated program */
                 char idx[8];
                 snprintf(idx, sizeof idx, "%d", i);
-                char *argv[] = {"checkMultilist", "--consumer", segName,
-                                "jobs",           idx,          NULL};
+                char *argv[] = {
+                    "checkMultilist", "--consumer", (char *)testSegmentName(),
+                    "jobs",           idx,          NULL};
                 execv("/proc/self/exe", argv);
                 _exit(127);
             }
@@ -1200,7 +1044,7 @@ START_TEST(test_procs_exactly_once) {
             (unsigned long long)sb->consumed[0],
             (unsigned long long)sb->consumed[1],
             (unsigned long long)sb->consumed[2]);
-    assertCheckList(q);
+    TEST_ASSERT_CHECK(multilistCheck, q);
     ck_assert_int_eq(dkshmReap(seg, NULL), DKSHM_OK);
     multilist *all[2] = {l, q};
     assertOwnershipEx(all, 2, &seenOff, 1);
@@ -1287,7 +1131,7 @@ START_TEST(test_threads_exactly_once) {
     for (uint32_t id = 0; id < TH_ITEMS; id++)
         if (!(bits[id / 64] & (1ull << (id % 64))))
             ck_abort_msg("item %u never consumed", id);
-    assertCheckList(q);
+    TEST_ASSERT_CHECK(multilistCheck, q);
     multilist *all[2] = {l, q};
     assertOwnershipEx(all, 2, NULL, 0);
     multilistClose(q);
@@ -1323,23 +1167,19 @@ START_TEST(test_waiter_killed) {
     ck_assert_int_eq(testWait(victim), TEST_KILLED);
     ck_assert_int_eq(testWait(victim2), TEST_KILLED);
     ck_assert_int_eq(dkshmReap(seg, NULL), DKSHM_OK);
-    assertCheckList(l);
-    assertCheckList(b);
+    TEST_ASSERT_CHECK(multilistCheck, l);
+    TEST_ASSERT_CHECK(multilistCheck, b);
     multilist *all[2] = {l, b};
     assertOwnershipEx(all, 2, NULL, 0); /* the in-flight node was freed */
     /* A new waiter still gets woken and served. */
-    fflush(NULL);
-    pid_t p = fork();
-    ck_assert_int_ge(p, 0);
-    if (p == 0)
-        _exit(childPopOne(NULL));
-    sleepMs(30);
+    pid_t p = testSpawn(childPopOne, NULL);
+    testSleepMs(30);
     pushStr(l, MULTILIST_TAIL, "later");
     ck_assert_int_eq(testWait(p), 0);
     assertPop(b, MULTILIST_HEAD, "full");
     pushStr(b, MULTILIST_TAIL, "again");
-    assertCheckList(l);
-    assertCheckList(b);
+    TEST_ASSERT_CHECK(multilistCheck, l);
+    TEST_ASSERT_CHECK(multilistCheck, b);
     multilistClose(b);
 }
 END_TEST
@@ -1389,7 +1229,7 @@ static bool listIs(multilist *x, uint64_t n, const char *head,
 
 static void assertAllocStats(const memboundStats *want, long k,
                              const char *what) {
-    memboundStats m = mstats();
+    memboundStats m = testAllocStats(mb);
     ck_assert_msg(m.used == want->used && m.allocations == want->allocations,
                   "crash point %ld: allocator %llu bytes in %llu blocks, "
                   "expected %llu in %llu (%s)",
@@ -1428,7 +1268,7 @@ static void walkAfter(void *arg, long k) {
     int rc = multilistCheck(w->x, why, sizeof why);
     ck_assert_msg(rc == DKSHM_OK, "%s crash point %ld: %s (%s)", w->name, k,
                   why, dkshmErrName(rc));
-    assertCheckAlloc();
+    TEST_ASSERT_CHECK(memboundCheck, mb);
     multilist *all[2] = {l, w->x};
     assertOwnershipEx(all, w->x == l ? 1 : 2, NULL, 0);
     int st = w->state(w);
@@ -1445,17 +1285,17 @@ static void walkAfter(void *arg, long k) {
 static void runWalk(walk *w, int minPoints) {
     /* The figures after a clean run, then back to the start. */
     w->prepare(w);
-    w->before = mstats();
+    w->before = testAllocStats(mb);
     ck_assert_int_eq(walkOp(w), 0);
     ck_assert_int_eq(w->state(w), 1);
-    w->after = mstats();
+    w->after = testAllocStats(mb);
     w->prepare(w);
     assertAllocStats(&w->before, 0, "prepare");
-    assertCheckList(w->x);
+    TEST_ASSERT_CHECK(multilistCheck, w->x);
     w->points = testCrashWalk(walkOp, walkAfter, w, 5000);
     ck_assert_int_eq(w->state(w), 1);
     ck_assert_int_eq(dkshmReap(seg, NULL), DKSHM_OK);
-    assertCheckList(w->x);
+    TEST_ASSERT_CHECK(multilistCheck, w->x);
     assertAllocStats(&w->after, w->points + 1, "final");
     ck_assert_msg(w->points >= minPoints, "%s: only %ld crash points", w->name,
                   w->points);
@@ -1605,7 +1445,7 @@ static void walkBatch(walk *w, int (*state)(walk *w), const memboundStats *base,
     int seen[4] = {0};
     for (k = 1; k < 5000; k++) {
         w->prepare(w);
-        memboundStats m0 = mstats();
+        memboundStats m0 = testAllocStats(mb);
         ck_assert_uint_eq(m0.allocations, base->allocations);
         fflush(NULL);
         pid_t pid = fork();
@@ -1618,13 +1458,13 @@ static void walkBatch(walk *w, int (*state)(walk *w), const memboundStats *base,
         ck_assert_msg(st == 0 || st == TEST_KILLED, "point %ld: %d", k, st);
         recoverNow(k);
         ck_assert_int_eq(dkshmReap(seg, NULL), DKSHM_OK);
-        assertCheckList(w->x);
-        assertCheckAlloc();
+        TEST_ASSERT_CHECK(multilistCheck, w->x);
+        TEST_ASSERT_CHECK(memboundCheck, mb);
         assertOwnership(w->x);
         int done = state(w);
         ck_assert_msg(done >= 0 && done <= 3, "%s point %ld: items torn",
                       w->name, k);
-        memboundStats m = mstats();
+        memboundStats m = testAllocStats(mb);
         ck_assert_msg((int64_t)m.allocations ==
                           (int64_t)base->allocations + perItem * done,
                       "%s point %ld: %d done, %llu allocations", w->name, k,
@@ -1655,7 +1495,7 @@ static int statePushMany(walk *w) {
 START_TEST(test_crash_push_many) {
     walk w = {.name = "pushMany", .x = l, .op = opPushMany, .prepare = prepAB};
     prepAB(&w);
-    memboundStats base = mstats();
+    memboundStats base = testAllocStats(mb);
     walkBatch(&w, statePushMany, &base, 1);
 }
 END_TEST
@@ -1693,7 +1533,7 @@ START_TEST(test_crash_pop_many) {
     walk w = {
         .name = "popMany", .x = l, .op = opPopMany, .prepare = prepPopMany};
     prepPopMany(&w);
-    memboundStats base = mstats();
+    memboundStats base = testAllocStats(mb);
     /* A and B go to the cache (no change), the large node is freed: the
      * allocations drop by one only at the third item. Checked apart. */
     long k;
@@ -1711,12 +1551,12 @@ START_TEST(test_crash_pop_many) {
         ck_assert_msg(st == 0 || st == TEST_KILLED, "point %ld: %d", k, st);
         recoverNow(k);
         ck_assert_int_eq(dkshmReap(seg, NULL), DKSHM_OK);
-        assertCheckList(l);
-        assertCheckAlloc();
+        TEST_ASSERT_CHECK(multilistCheck, l);
+        TEST_ASSERT_CHECK(memboundCheck, mb);
         assertOwnership(l);
         int done = statePopMany(&w);
         ck_assert_msg(done >= 0, "popMany point %ld: torn (%d)", k, done);
-        memboundStats m = mstats();
+        memboundStats m = testAllocStats(mb);
         ck_assert_uint_eq(m.allocations,
                           base.allocations - (done == 3 ? 1 : 0));
         seen[done]++;
@@ -1780,7 +1620,7 @@ START_TEST(test_crash_trim) {
         for (int i = 0; i < 10; i++)
             ck_assert_int_eq(multilistPopHead(l, buf, sizeof buf, &len),
                              DKSHM_OK);
-        memboundStats m0 = mstats();
+        memboundStats m0 = testAllocStats(mb);
         ck_assert_uint_eq(stats(l).cachedNodes, 10);
         walk w = {.x = l, .op = opTrim};
         fflush(NULL);
@@ -1794,11 +1634,11 @@ START_TEST(test_crash_trim) {
         ck_assert(st == 0 || st == TEST_KILLED);
         recoverNow(k);
         ck_assert_int_eq(dkshmReap(seg, NULL), DKSHM_OK);
-        assertCheckList(l);
-        assertCheckAlloc();
+        TEST_ASSERT_CHECK(multilistCheck, l);
+        TEST_ASSERT_CHECK(memboundCheck, mb);
         assertOwnership(l);
         uint64_t cached = stats(l).cachedNodes;
-        memboundStats m = mstats();
+        memboundStats m = testAllocStats(mb);
         ck_assert_uint_eq(m0.allocations - m.allocations, 10 - cached);
         if (st == 0) {
             ck_assert_uint_eq(cached, 0);
@@ -1821,7 +1661,7 @@ static int opCreate(walk *w) {
 }
 
 START_TEST(test_crash_create) {
-    memboundStats m0 = mstats();
+    memboundStats m0 = testAllocStats(mb);
     long k;
     for (k = 1; k < 5000; k++) {
         walk w = {.x = l, .op = opCreate};
@@ -1836,22 +1676,22 @@ START_TEST(test_crash_create) {
         ck_assert(st == 0 || st == TEST_KILLED);
         recoverNow(k);
         ck_assert_int_eq(dkshmReap(seg, NULL), DKSHM_OK);
-        assertCheckAlloc();
+        TEST_ASSERT_CHECK(memboundCheck, mb);
         multilist *x = NULL;
         int rc = multilistOpen(seg, "created", NULL, 0, &x);
         if (rc == DKSHM_NOTFOUND) {
             ck_assert_int_ne(st, 0);
             assertOwnership(l);
-            memboundStats m = mstats();
+            memboundStats m = testAllocStats(mb);
             ck_assert_uint_eq(m.allocations, m0.allocations);
             ck_assert_uint_eq(m.used, m0.used);
             continue;
         }
         ck_assert_int_eq(rc, DKSHM_OK);
-        assertCheckList(x);
+        TEST_ASSERT_CHECK(multilistCheck, x);
         multilist *all[2] = {l, x};
         assertOwnershipEx(all, 2, NULL, 0);
-        ck_assert_uint_eq(mstats().allocations, m0.allocations + 1);
+        ck_assert_uint_eq(testAllocStats(mb).allocations, m0.allocations + 1);
         multilistClose(x);
         dkoff root;
         ck_assert_int_eq(
@@ -1889,7 +1729,7 @@ START_TEST(test_crash_pop_wakes_waiter) {
     for (k = 1; k < 5000; k++) {
         if (waiterPid == 0) {
             reset(b, ABC);
-            m0 = mstats();
+            m0 = testAllocStats(mb);
             startWaiter(b);
         }
         /* The waiter holds a node in flight while it waits (the cache
@@ -1927,11 +1767,11 @@ START_TEST(test_crash_pop_wakes_waiter) {
             ck_assert_int_ne(st, 0);
             before++;
         }
-        assertCheckList(b);
-        assertCheckAlloc();
+        TEST_ASSERT_CHECK(multilistCheck, b);
+        TEST_ASSERT_CHECK(memboundCheck, mb);
         multilist *all[2] = {l, b};
         assertOwnershipEx(all, 2, NULL, 0);
-        memboundStats m = mstats();
+        memboundStats m = testAllocStats(mb);
         /* Before: + the waiter's in-flight node. After: A's node went to
          * the cache, the waiter's node into the list. Same either way. */
         ck_assert_uint_eq(m.allocations, m0.allocations + 1);
@@ -2005,7 +1845,7 @@ static int rkProducer(multilist *x, rkShared *sh, int ackFd) {
         uint64_t id = __atomic_fetch_add(&sh->nextId, 1, __ATOMIC_RELAXED);
         if (id >= RK_IDS)
             for (;;)
-                sleepMs(100);
+                testSleepMs(100);
         size_t len = rkItem(buf, id);
         int rc;
         do
@@ -2089,9 +1929,9 @@ START_TEST(test_random_kill) {
     /* A number of kills, not a duration: slow (sanitizer) builds do the
      * same test; the time cap only stops a hang. */
     while (kills[0] + kills[1] < 60 && dkNowNs() - start < 60000000000ull) {
-        sleepMs(1 + (unsigned)(rng(&seed) % 12));
+        testSleepMs(1 + (unsigned)(testRng(&seed) % 12));
         rkDrainAcks(ack[0], acked, &nAcked, 64);
-        int w = (int)(rng(&seed) % RK_WORKERS);
+        int w = (int)(testRng(&seed) % RK_WORKERS);
         kill(pids[w], SIGKILL);
         ck_assert_int_eq(testWait(pids[w]), TEST_KILLED);
         if (w >= RK_PRODUCERS) {
@@ -2102,7 +1942,7 @@ START_TEST(test_random_kill) {
         kills[w >= RK_PRODUCERS]++;
         ck_assert_int_eq(dkshmReap(seg, NULL), DKSHM_OK);
         if ((kills[0] + kills[1]) % 16 == 0)
-            assertCheckList(q);
+            TEST_ASSERT_CHECK(multilistCheck, q);
         pids[w] = rkSpawn(q, sh, w, ack[1]);
     }
     for (int w = 0; w < RK_WORKERS; w++) {
@@ -2119,8 +1959,8 @@ START_TEST(test_random_kill) {
     rkDrainAcks(ack[0], acked, &nAcked, 0);
     close(ack[0]);
     ck_assert_int_eq(dkshmReap(seg, NULL), DKSHM_OK);
-    assertCheckList(q);
-    assertCheckAlloc();
+    TEST_ASSERT_CHECK(multilistCheck, q);
+    TEST_ASSERT_CHECK(memboundCheck, mb);
     multilist *all[2] = {l, q};
     assertOwnershipEx(all, 2, NULL, 0);
     /* What is left in the list counts as consumed, once. */
@@ -2171,12 +2011,7 @@ END_TEST
 /* ---- suite -------------------------------------------------------------- */
 
 static Suite *multilistSuite(void) {
-    Suite *s = suite_create("multilist");
-    struct {
-        const char *name;
-        const TTest *tests[16];
-        int timeout;
-    } cases[] = {
+    const testCaseSpec cases[] = {
         {"basic",
          {test_fifo_lifo_deque, test_item_sizes, test_buffer_too_small,
           test_capacity, test_pop_timeout, test_stats_and_trim,
@@ -2199,22 +2034,13 @@ static Suite *multilistSuite(void) {
          300},
         {"randomKill", {test_random_kill}, 120},
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        TCase *tc = tcase_create(cases[i].name);
-        tcase_add_checked_fixture(tc, setup, teardown);
-        tcase_set_timeout(tc, cases[i].timeout);
-        for (int j = 0; j < 16 && cases[i].tests[j]; j++)
-            tcase_add_test(tc, cases[i].tests[j]);
-        suite_add_tcase(s, tc);
-    }
-    return s;
+    return testSuiteFrom("multilist", cases, sizeof cases / sizeof cases[0],
+                         setup, teardown);
 }
 
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "--consumer") == 0)
         return consumerMain(argc, argv);
-    runnerPid = getpid();
-    int rc = testRunSuite(multilistSuite());
-    unlinkLeftovers();
-    return rc;
+    testSetPrefix("ml");
+    return testRunSuite(multilistSuite());
 }

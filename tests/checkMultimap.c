@@ -22,7 +22,6 @@
 #include "multimapInternal.h"
 #include "testUtil.h"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -52,44 +51,13 @@
 
 /* ---- fixture ------------------------------------------------------------ */
 
-static pid_t runnerPid;
 static dkshm *seg;
 static membound *mb;
 static multimap *mm;
-static char segName[DKSHM_NAME_MAX + 1];
-
-static const char *mmSegName(const char *tag) {
-    static char buf[DKSHM_NAME_MAX + 1];
-    snprintf(buf, sizeof buf, "/dkt-mm-%d-%d-%s", (int)runnerPid, (int)getpid(),
-             tag);
-    return buf;
-}
-
-static void unlinkLeftovers(void) {
-    char prefix[64];
-    snprintf(prefix, sizeof prefix, "dkt-mm-%d-", (int)runnerPid);
-    DIR *dir = opendir("/dev/shm");
-    if (!dir)
-        return;
-    struct dirent *e;
-    while ((e = readdir(dir)) != NULL) {
-        if (strncmp(e->d_name, prefix, strlen(prefix)) == 0) {
-            char name[sizeof e->d_name + 1];
-            snprintf(name, sizeof name, "/%s", e->d_name);
-            dkshmUnlink(name);
-        }
-    }
-    closedir(dir);
-}
 
 static void makeSegment(const char *tag, uint64_t capacity) {
-    snprintf(segName, sizeof segName, "%s", mmSegName(tag));
-    dkshmUnlink(segName);
     dkshmOptions o = {.maxProcs = 1024};
-    int rc = dkshmCreate(segName, capacity, &o, &seg);
-    ck_assert_msg(rc == DKSHM_OK, "create %s: %s", segName, dkshmStrerror(rc));
-    mb = memboundForSegment(seg);
-    ck_assert_ptr_nonnull(mb);
+    testMakeSegment(tag, capacity, &o, &seg, &mb);
 }
 
 static multimap *openMap(const char *name, uint32_t keyMode) {
@@ -108,119 +76,22 @@ static void setup(void) {
 static void teardown(void) {
     multimapClose(mm);
     mm = NULL;
-    if (seg)
-        dkshmDetach(seg);
-    seg = NULL;
-    mb = NULL;
-    if (segName[0])
-        dkshmUnlink(segName);
-    segName[0] = '\0';
+    testDropSegment(&seg, &mb);
 }
 
 /* ---- helpers ------------------------------------------------------------ */
-
-static void assertCheckMap(multimap *x) {
-    char why[256];
-    int rc = multimapCheck(x, why, sizeof why);
-    ck_assert_msg(rc == DKSHM_OK, "multimapCheck: %s (%s)", why,
-                  dkshmErrName(rc));
-}
-
-static void assertCheckAlloc(void) {
-    char why[256];
-    int rc = memboundCheck(mb, why, sizeof why);
-    ck_assert_msg(rc == DKSHM_OK, "memboundCheck: %s (%s)", why,
-                  dkshmErrName(rc));
-}
-
-typedef struct block {
-    dkoff off;
-    uint64_t bytes;
-} block;
-
-typedef struct blockList { /* per process */
-    block *b;
-    size_t n, cap;
-} blockList;
-
-static void blockPush(blockList *l, dkoff off, uint64_t bytes) {
-    if (l->n == l->cap) {
-        l->cap = l->cap ? 2 * l->cap : 1024;
-        l->b = realloc(l->b, l->cap * sizeof *l->b);
-        if (!l->b)
-            ck_abort_msg("out of memory");
-    }
-    l->b[l->n++] = (block){off, bytes};
-}
-
-static int collectMap(void *ctx, dkoff off, uint64_t bytes, int kind) {
-    (void)kind;
-    blockPush(ctx, off, bytes);
-    return 0;
-}
-
-static int collectAlloc(void *ctx, dkoff off, uint64_t size) {
-    blockPush(ctx, off, size);
-    return 0;
-}
-
-static int blockCmp(const void *a, const void *b) {
-    dkoff x = ((const block *)a)->off, y = ((const block *)b)->off;
-    return x < y ? -1 : x > y;
-}
 
 /* RECOVERY.md §1 and §5: every live allocation of the segment is a block of
  * one of the maps MS (nothing leaked, nothing left in flight), and every
  * block of theirs is a live allocation large enough. */
 static void assertOwnership(multimap **ms, int n) {
-    blockList want = {0}, have = {0};
+    testBlocks owned = {0};
     for (int i = 0; i < n; i++)
-        EXPECT_RC(multimapForEachBlock(ms[i], collectMap, &want), DKSHM_OK);
-    ck_assert_int_eq(memboundForEachAllocation(mb, collectAlloc, &have),
-                     DKSHM_OK);
-    if (want.n > 1)
-        qsort(want.b, want.n, sizeof *want.b, blockCmp);
-    if (have.n > 1)
-        qsort(have.b, have.n, sizeof *have.b, blockCmp);
-    if (want.n != have.n) {
-        for (size_t i = 0, j = 0; i < have.n; i++) {
-            if (j < want.n && want.b[j].off == have.b[i].off) {
-                j++;
-                continue;
-            }
-            fprintf(stderr,
-                    "ownership: allocation %#llx (%llu bytes) owned "
-                    "by no map\n",
-                    (unsigned long long)have.b[i].off,
-                    (unsigned long long)have.b[i].bytes);
-        }
-    }
-    ck_assert_msg(want.n == have.n,
-                  "ownership: %zu map blocks, %zu "
-                  "allocations",
-                  want.n, have.n);
-    /* Plain comparisons: a Check assertion per block costs a file write. */
-    for (size_t i = 0; i < want.n; i++) {
-        if (want.b[i].off != have.b[i].off)
-            ck_abort_msg("ownership: block %#llx vs allocation %#llx",
-                         (unsigned long long)want.b[i].off,
-                         (unsigned long long)have.b[i].off);
-        if (have.b[i].bytes < want.b[i].bytes)
-            ck_abort_msg("block %#llx: %llu bytes in a %llu-byte allocation",
-                         (unsigned long long)want.b[i].off,
-                         (unsigned long long)want.b[i].bytes,
-                         (unsigned long long)have.b[i].bytes);
-    }
-    ck_assert_uint_eq(memboundCurrentAllocationCount(mb), want.n);
-    free(want.b);
-    free(have.b);
-}
-
-static uint64_t rng(uint64_t *s) { /* xorshift64* */
-    *s ^= *s >> 12;
-    *s ^= *s << 25;
-    *s ^= *s >> 27;
-    return *s * 2685821657736338717ull;
+        EXPECT_RC(multimapForEachBlock(ms[i], testBlocksCollect, &owned),
+                  DKSHM_OK);
+    size_t blocks = owned.n;
+    testAssertOwnership(mb, &owned, "map");
+    ck_assert_uint_eq(memboundCurrentAllocationCount(mb), blocks);
 }
 
 static size_t keyOf(char *buf, const char *prefix, uint64_t i) {
@@ -263,12 +134,6 @@ static multimapStats stats(multimap *x) {
     multimapStats st;
     EXPECT_RC(multimapGetStats(x, &st), DKSHM_OK);
     return st;
-}
-
-static void sleepMs(unsigned ms) {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
 }
 
 /* Bytes order: memcmp over the shorter, then the shorter first. */
@@ -412,7 +277,7 @@ START_TEST(test_insert_lookup_delete) {
     EXPECT_RC(multimapDelete(mm, "e", 1), DKSHM_OK);
     EXPECT_RC(multimapDelete(mm, "y", 1), DKSHM_OK);
     ck_assert_uint_eq(count(mm), 0);
-    assertCheckMap(mm);
+    TEST_ASSERT_CHECK(multimapCheck, mm);
     assertOwnership(&mm, 1);
 }
 END_TEST
@@ -441,7 +306,7 @@ START_TEST(test_value_sizes) {
         }
     }
     ck_assert_uint_eq(count(mm), n);
-    assertCheckMap(mm);
+    TEST_ASSERT_CHECK(multimapCheck, mm);
     assertOwnership(&mm, 1);
 }
 END_TEST
@@ -513,7 +378,7 @@ START_TEST(test_seek_first_last) {
     EXPECT_RC(multimapFirst(mm, k, sizeof k, &kl, NULL, 0, NULL), DKSHM_OK);
     EXPECT_RC(multimapLast(mm, NULL, 0, NULL, v, sizeof v, &vl), DKSHM_OK);
     EXPECT(vl == 4 && memcmp(v, "v998", 4) == 0);
-    assertCheckMap(mm);
+    TEST_ASSERT_CHECK(multimapCheck, mm);
 }
 END_TEST
 
@@ -549,11 +414,11 @@ START_TEST(test_iterate) {
     /* From arbitrary keys, present and absent, both ways. */
     uint64_t seed = 7;
     for (int t = 0; t < 200; t++) {
-        uint64_t at = rng(&seed) % (N * 3 + 6);
+        uint64_t at = testRng(&seed) % (N * 3 + 6);
         char k[32];
         size_t kl = keyOf(k, "i", at);
         for (uint32_t fl = 0; fl < 4; fl++) {
-            kvList part = {.stopAfter = 1 + rng(&seed) % 50};
+            kvList part = {.stopAfter = 1 + testRng(&seed) % 50};
             EXPECT_RC(multimapIterate(mm, k, kl, fl, collectFn, &part),
                       DKSHM_OK);
             bool rv = fl & MULTIMAP_ITER_REVERSE,
@@ -595,7 +460,7 @@ START_TEST(test_iterate) {
     EXPECT_RC(multimapIterate(mm, NULL, 0, 0, deleteCurrent, mm), DKSHM_OK);
     ck_assert_uint_eq(count(mm), 0);
     kvFree(&all);
-    assertCheckMap(mm);
+    TEST_ASSERT_CHECK(multimapCheck, mm);
     assertOwnership(&mm, 1);
 }
 END_TEST
@@ -624,7 +489,7 @@ START_TEST(test_int64_keys) {
             k = 1;
             break;
         default:
-            k = (int64_t)rng(&seed) >> (rng(&seed) % 60);
+            k = (int64_t)testRng(&seed) >> (testRng(&seed) % 60);
         }
         keys[i] = k;
         EXPECT_RC(multimapInsertInt(x, k, &k, sizeof k, 0), DKSHM_OK);
@@ -686,7 +551,7 @@ START_TEST(test_int64_keys) {
         int rc = multimapLookupInt(x, keys[i], &v, 8, &vl);
         EXPECT_RC(rc, i % 2 ? DKSHM_OK : DKSHM_NOTFOUND);
     }
-    assertCheckMap(x);
+    TEST_ASSERT_CHECK(multimapCheck, x);
     multimap *all2[2] = {mm, x};
     assertOwnership(all2, 2);
     multimapClose(x);
@@ -709,9 +574,9 @@ START_TEST(test_binary_long_keys) {
         uint8_t b[80];
         switch (i % 4) {
         case 0: /* short, with zeros */
-            len = 1 + rng(&seed) % 5;
+            len = 1 + testRng(&seed) % 5;
             for (size_t j = 0; j < len; j++)
-                b[j] = (uint8_t)(rng(&seed) % 3);
+                b[j] = (uint8_t)(testRng(&seed) % 3);
             break;
         case 1: /* "a" then zeros: prefixes of each other */
             len = 1 + (size_t)(i / 4) % 20;
@@ -754,7 +619,7 @@ START_TEST(test_binary_long_keys) {
         EXPECT(memcmp(all.e[i].v, ref[i].b, ref[i].len) == 0);
     }
     kvFree(&all);
-    assertCheckMap(mm);
+    TEST_ASSERT_CHECK(multimapCheck, mm);
     /* The longest key, and one past it. */
     memset(k, 'z', sizeof k);
     EXPECT_RC(multimapInsert(mm, k, MULTIMAP_KEY_MAX, "max", 3, 0), DKSHM_OK);
@@ -775,13 +640,13 @@ START_TEST(test_binary_long_keys) {
         size_t len = 3000 + (size_t)sprintf((char *)k + 3000, "%05d", i);
         EXPECT_RC(multimapInsert(mm, k, len, &i, sizeof i, 0), DKSHM_OK);
     }
-    assertCheckMap(mm);
+    TEST_ASSERT_CHECK(multimapCheck, mm);
     for (int i = 0; i < 300; i += 3) {
         memset(k, 'L', 3000);
         size_t len = 3000 + (size_t)sprintf((char *)k + 3000, "%05d", i);
         EXPECT_RC(multimapDelete(mm, k, len), DKSHM_OK);
     }
-    assertCheckMap(mm);
+    TEST_ASSERT_CHECK(multimapCheck, mm);
     assertOwnership(&mm, 1);
 }
 END_TEST
@@ -803,9 +668,9 @@ START_TEST(test_reference_random) {
                 (i))
     long present = 0;
     for (int op = 0; op < OPS; op++) {
-        int i = (int)(rng(&seed) % KEYS);
+        int i = (int)(testRng(&seed) % KEYS);
         size_t kl = KEYI(k, i);
-        uint64_t r = rng(&seed) % 10;
+        uint64_t r = testRng(&seed) % 10;
         if (r < 6) {
             int vl = snprintf(v, sizeof v, "%d:%d:%.*s", i, op, (int)(op % 40),
                               "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx");
@@ -833,7 +698,7 @@ START_TEST(test_reference_random) {
             }
         }
         if (op % 25000 == 24999) {
-            assertCheckMap(mm);
+            TEST_ASSERT_CHECK(multimapCheck, mm);
             ck_assert_uint_eq(count(mm), (uint64_t)present);
         }
     }
@@ -863,7 +728,7 @@ START_TEST(test_reference_random) {
     kvFree(&all);
     multimapStats st = stats(mm);
     ck_assert_uint_ge(st.height, 1);
-    assertCheckMap(mm);
+    TEST_ASSERT_CHECK(multimapCheck, mm);
     assertOwnership(&mm, 1);
 #undef KEYI
 }
@@ -883,7 +748,7 @@ START_TEST(test_sequential_fill) {
         size_t kl = keyOf(k, "down", (uint64_t)i);
         EXPECT_RC(multimapInsert(mm, k, kl, &i, sizeof i, 0), DKSHM_OK);
     }
-    assertCheckMap(mm);
+    TEST_ASSERT_CHECK(multimapCheck, mm);
     ck_assert_uint_eq(count(mm), 2 * N);
     /* Delete everything in a random order: the tree shrinks back. */
     static int order[2 * N];
@@ -891,7 +756,7 @@ START_TEST(test_sequential_fill) {
         order[i] = i;
     uint64_t seed = 11;
     for (int i = 2 * N - 1; i > 0; i--) {
-        int j = (int)(rng(&seed) % (uint64_t)(i + 1));
+        int j = (int)(testRng(&seed) % (uint64_t)(i + 1));
         int t = order[i];
         order[i] = order[j];
         order[j] = t;
@@ -901,7 +766,7 @@ START_TEST(test_sequential_fill) {
         size_t kl = keyOf(k, x < N ? "up" : "down", (uint64_t)(x % N));
         EXPECT_RC(multimapDelete(mm, k, kl), DKSHM_OK);
         if (i % 10000 == 0)
-            assertCheckMap(mm);
+            TEST_ASSERT_CHECK(multimapCheck, mm);
     }
     st = stats(mm);
     ck_assert_uint_eq(st.count, 0);
@@ -909,7 +774,7 @@ START_TEST(test_sequential_fill) {
     ck_assert_uint_eq(st.inner, 0);
     ck_assert_uint_eq(st.height, 0);
     ck_assert_uint_eq(st.entryBytes, 0);
-    assertCheckMap(mm);
+    TEST_ASSERT_CHECK(multimapCheck, mm);
     assertOwnership(&mm, 1);
 }
 END_TEST
@@ -925,7 +790,7 @@ START_TEST(test_duplicate) {
     EXPECT_RC(multimapDuplicate(mm, "copy", &c), DKSHM_OK);
     ck_assert_ptr_nonnull(c);
     ck_assert_uint_eq(count(c), 5000);
-    assertCheckMap(c);
+    TEST_ASSERT_CHECK(multimapCheck, c);
     /* Same contents. */
     kvList a = iterAll(mm, NULL, 0, 0), b = iterAll(c, NULL, 0, 0);
     ck_assert_uint_eq(a.n, b.n);
@@ -970,7 +835,7 @@ START_TEST(test_duplicate) {
     ck_assert_int_eq(first, -50000);
     multimap *allm[5] = {mm, c, x, xe, xc};
     for (int i = 0; i < 5; i++)
-        assertCheckMap(allm[i]);
+        TEST_ASSERT_CHECK(multimapCheck, allm[i]);
     assertOwnership(allm, 5);
     multimapClose(c);
     multimapClose(x);
@@ -1071,7 +936,7 @@ START_TEST(test_bad_input) {
     EXPECT_RC(multimapKeyMode(mm, NULL), DKSHM_INVALID);
     /* Nothing of that changed anything. */
     ck_assert_uint_eq(count(mm), 0);
-    assertCheckMap(mm);
+    TEST_ASSERT_CHECK(multimapCheck, mm);
     assertOwnership(&mm, 1);
 }
 END_TEST
@@ -1084,7 +949,8 @@ START_TEST(test_read_only) {
         putStr(mm, k, v);
     }
     dkshm *ro;
-    ck_assert_int_eq(dkshmAttach(segName, DKSHM_RDONLY, &ro), DKSHM_OK);
+    ck_assert_int_eq(dkshmAttach(testSegmentName(), DKSHM_RDONLY, &ro),
+                     DKSHM_OK);
     multimap *x = NULL;
     EXPECT_RC(multimapOpen(ro, "map", NULL, 0, &x), DKSHM_OK);
     multimap *y = NULL;
@@ -1105,7 +971,7 @@ START_TEST(test_read_only) {
                            v, sizeof v, &vl),
               DKSHM_OK);
     EXPECT(kl == 9 && memcmp(k, "r00000101", 9) == 0);
-    assertCheckMap(x);
+    TEST_ASSERT_CHECK(multimapCheck, x);
     multimapStats st;
     EXPECT_RC(multimapGetStats(x, &st), DKSHM_OK);
     ck_assert_uint_eq(st.count, 2000);
@@ -1151,7 +1017,7 @@ START_TEST(test_full_segment) {
     ck_assert_uint_eq(count(mm), (uint64_t)i);
     size_t kl = keyOf(k, "f", (uint64_t)i * 7 % 100003), vl;
     EXPECT_RC(multimapLookup(mm, k, kl, NULL, 0, &vl), DKSHM_NOTFOUND);
-    assertCheckMap(mm);
+    TEST_ASSERT_CHECK(multimapCheck, mm);
     assertOwnership(&mm, 1);
     /* Keep trying with smaller values until the very last byte: every
      * failure leaves the allocator exactly as it was. */
@@ -1169,7 +1035,7 @@ START_TEST(test_full_segment) {
             }
         }
     }
-    assertCheckMap(mm);
+    TEST_ASSERT_CHECK(multimapCheck, mm);
     /* An overwrite that does not fit keeps the old value. */
     kl = keyOf(k, "f", 0);
     static uint8_t bigv[64 * 1024];
@@ -1189,8 +1055,8 @@ START_TEST(test_full_segment) {
     ck_assert_uint_eq(count(mm), n - 50);
     kl = keyOf(k, "f", 0);
     EXPECT_RC(multimapInsert(mm, k, kl, val, sizeof val, 0), DKSHM_OK);
-    assertCheckMap(mm);
-    assertCheckAlloc();
+    TEST_ASSERT_CHECK(multimapCheck, mm);
+    TEST_ASSERT_CHECK(memboundCheck, mb);
     assertOwnership(&mm, 1);
 }
 END_TEST
@@ -1261,7 +1127,8 @@ static int procReader(int nWriters, volatile uint32_t *stop) {
     uint8_t v[128];
     long found = 0;
     while (!__atomic_load_n(stop, __ATOMIC_RELAXED)) {
-        uint32_t key = (uint32_t)(rng(&seed) % (uint64_t)(nWriters * PW_KEYS));
+        uint32_t key =
+            (uint32_t)(testRng(&seed) % (uint64_t)(nWriters * PW_KEYS));
         size_t kl = keyOf(k, "p", key), vl;
         int rc = multimapLookup(x, k, kl, v, sizeof v, &vl);
         if (rc == DKSHM_OK) {
@@ -1341,7 +1208,7 @@ START_TEST(test_procs_writers_readers) {
     ck_assert_uint_eq(count(mm), want);
     munmap(stop, 4096);
     ck_assert_int_eq(dkshmReap(seg, NULL), DKSHM_OK);
-    assertCheckMap(mm);
+    TEST_ASSERT_CHECK(multimapCheck, mm);
     assertOwnership(&mm, 1);
 }
 END_TEST
@@ -1384,7 +1251,8 @@ static void *thReader(void *p) {
     char k[32];
     uint8_t v[128];
     while (!__atomic_load_n(a->stop, __ATOMIC_ACQUIRE)) {
-        uint32_t key = (uint32_t)(rng(&seed) % (uint64_t)(a->writers * 1500));
+        uint32_t key =
+            (uint32_t)(testRng(&seed) % (uint64_t)(a->writers * 1500));
         size_t kl = keyOf(k, "t", key), vl;
         int rc = multimapLookup(mm, k, kl, v, sizeof v, &vl);
         if (rc == DKSHM_OK ? !valueOk(v, vl, key, NULL)
@@ -1446,7 +1314,7 @@ START_TEST(test_threads) {
         }
     }
     ck_assert_uint_eq(count(mm), want);
-    assertCheckMap(mm);
+    TEST_ASSERT_CHECK(multimapCheck, mm);
     assertOwnership(&mm, 1);
 }
 END_TEST
@@ -1508,8 +1376,9 @@ static int runSelf(const char *mode) {
     if (pid < 0)
         return -1;
     if (pid == 0) {
-        char *argv[] = {"checkMultimap", "--child",    segName,
-                        "map",           (char *)mode, NULL};
+        char *argv[] = {
+            "checkMultimap", "--child",    (char *)testSegmentName(),
+            "map",           (char *)mode, NULL};
         execv("/proc/self/exe", argv);
         _exit(127);
     }
@@ -1528,7 +1397,7 @@ START_TEST(test_exec_attach) {
     assertValue(mm, "child00000042", "from-child-42");
     ck_assert_uint_eq(count(mm), 1000);
     ck_assert_int_eq(dkshmReap(seg, NULL), DKSHM_OK);
-    assertCheckMap(mm);
+    TEST_ASSERT_CHECK(multimapCheck, mm);
     assertOwnership(&mm, 1);
 }
 END_TEST
@@ -1572,7 +1441,7 @@ START_TEST(test_dead_writer_readers) {
     ck_assert_int_lt(k2, 400);
     ck_assert_uint_gt(stats(mm).recoveries, rec0);
     ck_assert_int_eq(dkshmReap(seg, NULL), DKSHM_OK);
-    assertCheckMap(mm);
+    TEST_ASSERT_CHECK(multimapCheck, mm);
     assertOwnership(&mm, 1);
 }
 END_TEST
@@ -1668,8 +1537,8 @@ static void walkAfter(void *arg, long k) {
     walk *w = arg;
     recoverDeadLocks();
     ck_assert_int_eq(dkshmReap(seg, NULL), DKSHM_OK);
-    assertCheckMap(w->x);
-    assertCheckAlloc();
+    TEST_ASSERT_CHECK(multimapCheck, w->x);
+    TEST_ASSERT_CHECK(memboundCheck, mb);
     int st = w->state(w);
     ck_assert_msg(st == 0 || st == 1, "crash point %ld: operation half done",
                   k);
@@ -1700,14 +1569,14 @@ static void runWalk(walk *w, int minPoints) {
     ck_assert_int_eq(memboundGetStats(mb, &st), DKSHM_OK);
     w->dUsed = (int64_t)(st.used - w->baseUsed);
     w->dAllocs = (int64_t)(st.allocations - w->baseAllocs);
-    assertCheckMap(w->x);
+    TEST_ASSERT_CHECK(multimapCheck, w->x);
     walkNewMap(w);
     uint64_t t0 = dkNowNs();
     w->points = testCrashWalk(walkOp, walkAfter, w, 20000);
     fprintf(stderr, "walk time %.2f s\n", (double)(dkNowNs() - t0) / 1e9);
     ck_assert_int_eq(w->state(w), 1);
     ck_assert_int_eq(dkshmReap(seg, NULL), DKSHM_OK);
-    assertCheckMap(w->x);
+    TEST_ASSERT_CHECK(multimapCheck, w->x);
     assertOwnership(w->maps, w->nMaps);
     ck_assert_msg(w->points >= minPoints, "only %ld crash points", w->points);
     ck_assert_int_gt(w->seen[0], 0);
@@ -1959,7 +1828,7 @@ static int stateCreate(walk *w) {
     if (rc == DKSHM_NOTFOUND)
         return 0;
     EXPECT_RC(rc, DKSHM_OK);
-    assertCheckMap(x);
+    TEST_ASSERT_CHECK(multimapCheck, x);
     ck_assert_int_lt(w->nMaps, 64);
     w->maps[w->nMaps++] = x;
     return count(x) == 0 ? 1 : -1;
@@ -1987,7 +1856,7 @@ static int stateDup(walk *w) {
     if (rc == DKSHM_NOTFOUND)
         return 0;
     EXPECT_RC(rc, DKSHM_OK);
-    assertCheckMap(d);
+    TEST_ASSERT_CHECK(multimapCheck, d);
     bool full = count(d) == (uint64_t)w->arg;
     ck_assert_int_lt(w->nMaps, 64);
     w->maps[w->nMaps++] = d; /* its blocks are owned from now on */
@@ -2082,8 +1951,8 @@ START_TEST(test_versioned_basic) {
     ck_assert_int_eq(multimapDuplicate(s1, "snapcopy", &c), DKSHM_OK);
     assertVersion(c, 1000, 1);
     ck_assert_int_eq(multimapInsert(c, "k", 1, "v", 1, 0), DKSHM_OK);
-    assertCheckMap(a);
-    assertCheckMap(s1);
+    TEST_ASSERT_CHECK(multimapCheck, a);
+    TEST_ASSERT_CHECK(multimapCheck, s1);
     multimap *all[3] = {mm, a, c};
     assertOwnership(all, 3);
     /* Closing the last holder frees version 1. */
@@ -2109,7 +1978,8 @@ START_TEST(test_versioned_basic) {
     multimapClose(a2);
     /* Read-only attachments read it but cannot hold a snapshot. */
     dkshm *ro;
-    ck_assert_int_eq(dkshmAttach(segName, DKSHM_RDONLY, &ro), DKSHM_OK);
+    ck_assert_int_eq(dkshmAttach(testSegmentName(), DKSHM_RDONLY, &ro),
+                     DKSHM_OK);
     multimap *r = NULL;
     ck_assert_int_eq(multimapOpen(ro, "ver", NULL, 0, &r), DKSHM_OK);
     ck_assert_uint_eq(count(r), 1100);
@@ -2118,7 +1988,7 @@ START_TEST(test_versioned_basic) {
     ck_assert_int_eq(multimapLookup(r, "v00000007", 9, &rv, 8, &rvl), DKSHM_OK);
     ck_assert_uint_eq(rv, 2);
     ck_assert_int_eq(multimapSnapshot(r, &nope), DKSHM_READONLY);
-    assertCheckMap(r);
+    TEST_ASSERT_CHECK(multimapCheck, r);
     multimapClose(r);
     dkshmDetach(ro);
     multimapClose(c);
@@ -2173,7 +2043,7 @@ START_TEST(test_versioned_dead_holders) {
     ck_assert_int_eq(got, -1);
     ck_assert_int_eq(multimapLookupInt(a, 9999, &got, 8, &vl), DKSHM_NOTFOUND);
     ck_assert_int_eq(dkshmReap(seg, NULL), DKSHM_OK);
-    assertCheckMap(a);
+    TEST_ASSERT_CHECK(multimapCheck, a);
     assertOwnership(all, 2);
     /* Exactly one version of the same size as before: the dead holder's
      * version and the dead draft are gone. */
@@ -2218,7 +2088,7 @@ static int verReader(int snap) {
                 return 6;
             last = first;
         } else {
-            size_t kl = keyOf(k, "v", rng(&seed) % VR_KEYS), vl;
+            size_t kl = keyOf(k, "v", testRng(&seed) % VR_KEYS), vl;
             uint64_t v;
             if (multimapLookup(a, k, kl, &v, 8, &vl) != DKSHM_OK)
                 return 7;
@@ -2253,7 +2123,7 @@ START_TEST(test_versioned_readers) {
         ck_assert_int_eq(testWait(r[i]), 0);
     assertVersion(a, VR_KEYS, VR_VERSIONS);
     ck_assert_int_eq(dkshmReap(seg, NULL), DKSHM_OK);
-    assertCheckMap(a);
+    TEST_ASSERT_CHECK(multimapCheck, a);
     multimap *all[2] = {mm, a};
     assertOwnership(all, 2);
     multimapClose(a);
@@ -2321,7 +2191,7 @@ static int rkWorker(int w, uint64_t life, int fd) {
         return 1;
     uint64_t seed = (life + 1) * 0x9e3779b97f4a7c15ull + (uint64_t)w;
     for (uint64_t n = 0;; n++) {
-        uint64_t r = rng(&seed);
+        uint64_t r = testRng(&seed);
         rkRec rec = {.worker = (uint8_t)w,
                      .op = (uint8_t)(r % 10 < 7 ? 0 : 1),
                      .key = (uint32_t)((r >> 8) % RK_KEYS),
@@ -2393,15 +2263,15 @@ START_TEST(test_random_kill) {
     /* A number of kills, not a duration: slow (sanitizer) builds do the
      * same test; the time cap only stops a hang. */
     while (kills < 60 && dkNowNs() - start < 60000000000ull) {
-        sleepMs(1 + (unsigned)(rng(&seed) % 15));
+        testSleepMs(1 + (unsigned)(testRng(&seed) % 15));
         DRAIN();
-        int w = (int)(rng(&seed) % RK_WORKERS);
+        int w = (int)(testRng(&seed) % RK_WORKERS);
         kill(pids[w], SIGKILL);
         ck_assert_int_eq(testWait(pids[w]), TEST_KILLED);
         kills++;
         if (kills % 10 == 0) {
             ck_assert_int_eq(dkshmReap(seg, NULL), DKSHM_OK);
-            assertCheckMap(mm);
+            TEST_ASSERT_CHECK(multimapCheck, mm);
         }
         lives[w]++;
         fflush(NULL);
@@ -2423,8 +2293,8 @@ START_TEST(test_random_kill) {
     close(pfd[0]);
     ck_assert_uint_eq(partial, 0);
     ck_assert_int_eq(dkshmReap(seg, NULL), DKSHM_OK);
-    assertCheckMap(mm);
-    assertCheckAlloc();
+    TEST_ASSERT_CHECK(multimapCheck, mm);
+    TEST_ASSERT_CHECK(memboundCheck, mb);
     assertOwnership(&mm, 1);
     /* Replay: per worker, records come in order. */
     static rkKey keys[RK_WORKERS][RK_KEYS];
@@ -2490,12 +2360,7 @@ END_TEST
 /* ---- suite -------------------------------------------------------------- */
 
 static Suite *multimapSuite(void) {
-    Suite *s = suite_create("multimap");
-    struct {
-        const char *name;
-        const TTest *tests[16];
-        int timeout;
-    } cases[] = {
+    const testCaseSpec cases[] = {
         {"basic",
          {test_open_modes, test_insert_lookup_delete, test_value_sizes,
           test_seek_first_last, test_iterate, test_int64_keys,
@@ -2521,22 +2386,13 @@ static Suite *multimapSuite(void) {
          120},
         {"randomKill", {test_random_kill}, 120},
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        TCase *tc = tcase_create(cases[i].name);
-        tcase_add_checked_fixture(tc, setup, teardown);
-        tcase_set_timeout(tc, cases[i].timeout);
-        for (int j = 0; j < 16 && cases[i].tests[j]; j++)
-            tcase_add_test(tc, cases[i].tests[j]);
-        suite_add_tcase(s, tc);
-    }
-    return s;
+    return testSuiteFrom("multimap", cases, sizeof cases / sizeof cases[0],
+                         setup, teardown);
 }
 
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "--child") == 0)
         return childMain(argc, argv);
-    runnerPid = getpid();
-    int rc = testRunSuite(multimapSuite());
-    unlinkLeftovers();
-    return rc;
+    testSetPrefix("mm");
+    return testRunSuite(multimapSuite());
 }

@@ -13,18 +13,13 @@
 #define MS 1000000ull
 
 static dkshm *S;
-static char segName[DKSHM_NAME_MAX + 1];
 
 static void setup(void) {
-    snprintf(segName, sizeof segName, "%s", testSegName("osr"));
-    dkshmUnlink(segName);
-    ck_assert_int_eq(dkshmCreate(segName, 4u << 20, NULL, &S), DKSHM_OK);
+    testMakeSegment("osr", 4u << 20, NULL, &S, NULL);
 }
 
 static void teardown(void) {
-    dkshmDetach(S);
-    S = NULL;
-    dkshmUnlink(segName);
+    testDropSegment(&S, NULL);
 }
 
 static OSRegulate *openHolders(const char *name, uint32_t n) {
@@ -39,13 +34,6 @@ static OSRegulateStats stats(OSRegulate *r) {
     OSRegulateStats st;
     ck_assert_int_eq(OSRegulateGetStats(r, &st), DKSHM_OK);
     return st;
-}
-
-static void assertCheck(OSRegulate *r) {
-    char why[128];
-    int rc = OSRegulateCheck(r, why, sizeof why);
-    ck_assert_msg(rc == DKSHM_OK, "OSRegulateCheck: %s (%s)", why,
-                  dkshmErrName(rc));
 }
 
 START_TEST(test_open) {
@@ -90,7 +78,8 @@ START_TEST(test_open) {
                      DKSHM_TYPE);
     /* Read-only attachment: opens, reads, cannot create or take. */
     dkshm *ro;
-    ck_assert_int_eq(dkshmAttach(segName, DKSHM_RDONLY, &ro), DKSHM_OK);
+    ck_assert_int_eq(dkshmAttach(testSegmentName(), DKSHM_RDONLY, &ro),
+                     DKSHM_OK);
     OSRegulate *rr;
     ck_assert_int_eq(OSRegulateOpen(ro, "new", &o, OSREGULATE_CREATE, &rr),
                      DKSHM_READONLY);
@@ -101,7 +90,7 @@ START_TEST(test_open) {
     OSRegulateClose(rr);
     dkshmDetach(ro);
     OSRegulateClose(r);
-    assertCheck(r2);
+    TEST_ASSERT_CHECK(OSRegulateCheck, r2);
     OSRegulateClose(r2);
     ck_assert_int_eq(OSRegulateClose(NULL), DKSHM_OK);
 }
@@ -138,7 +127,7 @@ START_TEST(test_holders) {
     ck_assert_int_eq(OSRegulateTryAcquire(q), DKSHM_INVALID);
     ck_assert_int_eq(OSRegulateTryAcquire(NULL), DKSHM_INVALID);
     ck_assert_int_eq(OSRegulateRelease(NULL), DKSHM_INVALID);
-    assertCheck(r);
+    TEST_ASSERT_CHECK(OSRegulateCheck, r);
     OSRegulateClose(q);
     OSRegulateClose(r);
 }
@@ -187,13 +176,8 @@ START_TEST(test_holders_processes) {
     sh = dkshmPtr(S, off);
     memset(sh, 0, sizeof *sh);
     pid_t pids[4];
-    for (int i = 0; i < 4; i++) {
-        fflush(NULL);
-        pids[i] = fork();
-        ck_assert_int_ge(pids[i], 0);
-        if (pids[i] == 0)
-            _exit(holderWorker(NULL));
-    }
+    for (int i = 0; i < 4; i++)
+        pids[i] = testSpawn(holderWorker, NULL);
     for (int i = 0; i < 4; i++)
         ck_assert_int_eq(testWait(pids[i]), 0);
     ck_assert_uint_eq(sh->errors, 0);
@@ -202,7 +186,7 @@ START_TEST(test_holders_processes) {
     OSRegulateStats st = stats(r);
     ck_assert_uint_eq(st.held, 0);
     ck_assert_uint_eq(st.acquired, 4 * 300);
-    assertCheck(r);
+    TEST_ASSERT_CHECK(OSRegulateCheck, r);
     OSRegulateClose(r);
 }
 END_TEST
@@ -226,7 +210,7 @@ START_TEST(test_dead_holder) {
     ck_assert_uint_eq(st.reclaimed, 2);
     ck_assert_uint_eq(st.held, 1);
     ck_assert_uint_eq(st.mine, 1);
-    assertCheck(r);
+    TEST_ASSERT_CHECK(OSRegulateCheck, r);
     ck_assert_int_eq(OSRegulateRelease(r), DKSHM_OK);
     /* A blocked acquirer notices a holder that dies while it waits. */
     ck_assert_int_eq(testInChild(takeTwoAndDie, r), TEST_KILLED);
@@ -247,11 +231,7 @@ static int waitForPermit(void *arg) {
 START_TEST(test_waiter_woken) {
     OSRegulate *r = openHolders("h", 1);
     ck_assert_int_eq(OSRegulateAcquire(r, 0), DKSHM_OK);
-    fflush(NULL);
-    pid_t pid = fork();
-    ck_assert_int_ge(pid, 0);
-    if (pid == 0)
-        _exit(waitForPermit(r));
+    pid_t pid = testSpawn(waitForPermit, r);
     usleep(50000);
     ck_assert_int_eq(OSRegulateRelease(r), DKSHM_OK);
     ck_assert_int_eq(testWait(pid), 0);
@@ -275,7 +255,7 @@ START_TEST(test_rate) {
     usleep(300000); /* 20/s for 0.3 s: 6 tokens, capped at the burst */
     ck_assert_int_eq(OSRegulateTryRate(r, 5), DKSHM_OK);
     ck_assert_uint_le(stats(r).tokens, 5);
-    assertCheck(r);
+    TEST_ASSERT_CHECK(OSRegulateCheck, r);
     OSRegulate *h = openHolders("h", 1);
     ck_assert_int_eq(OSRegulateTryRate(h, 1), DKSHM_INVALID);
     ck_assert_int_eq(OSRegulateTryRate(NULL, 1), DKSHM_INVALID);
@@ -297,7 +277,8 @@ static int walkAcquire(void *arg) {
 static void afterAcquire(void *arg, long k) {
     (void)arg;
     (void)k;
-    assertCheck(walkR); /* takes the lock: recovers a dead holder */
+    TEST_ASSERT_CHECK(OSRegulateCheck,
+                      walkR); /* takes the lock: recovers a dead holder */
     uint32_t held = stats(walkR).held;
     ck_assert_msg(held <= 1, "held %u after a crash in acquire", held);
     /* Fill the regulator: the dead child's permit, if any, comes back. */
@@ -334,29 +315,21 @@ END_TEST
 
 static Suite *osrSuite(void) {
     Suite *s = suite_create("OSRegulate");
-    TCase *tc = tcase_create("basic");
-    tcase_add_checked_fixture(tc, setup, teardown);
-    tcase_set_timeout(tc, 30);
+    TCase *tc = testAddCase(s, "basic", setup, teardown, 30);
     tcase_add_test(tc, test_open);
     tcase_add_test(tc, test_holders);
     tcase_add_test(tc, test_rate);
-    suite_add_tcase(s, tc);
-    tc = tcase_create("processes");
-    tcase_add_checked_fixture(tc, setup, teardown);
-    tcase_set_timeout(tc, 60);
+    tc = testAddCase(s, "processes", setup, teardown, 60);
     tcase_add_test(tc, test_holders_processes);
     tcase_add_test(tc, test_dead_holder);
     tcase_add_test(tc, test_waiter_woken);
-    suite_add_tcase(s, tc);
-    tc = tcase_create("crash");
-    tcase_add_checked_fixture(tc, setup, teardown);
-    tcase_set_timeout(tc, 120);
+    tc = testAddCase(s, "crash", setup, teardown, 120);
     tcase_add_test(tc, test_crash_acquire);
     tcase_add_test(tc, test_crash_cycle);
-    suite_add_tcase(s, tc);
     return s;
 }
 
 int main(void) {
+    testSetPrefix("osr");
     return testRunSuite(osrSuite());
 }

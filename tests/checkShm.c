@@ -3031,11 +3031,8 @@ END_TEST
 /* ======================================================================== */
 
 static TCase *newCase(Suite *su, const char *name, int timeout) {
-    TCase *tc = tcase_create(name);
-    tcase_add_checked_fixture(tc, setupNames, teardownNames);
+    TCase *tc = testAddCase(su, name, setupNames, teardownNames, timeout);
     tcase_add_unchecked_fixture(tc, NULL, sweepDeadNames);
-    tcase_set_timeout(tc, timeout);
-    suite_add_tcase(su, tc);
     return tc;
 }
 

@@ -53,8 +53,11 @@ static pthread_once_t forkOnce = PTHREAD_ONCE_INIT;
 static pthread_mutex_t registerLock = PTHREAD_MUTEX_INITIALIZER;
 static dkLayerHooks layerHooks;
 
+static void resetPendingMarks(void);
+
 static void afterForkChild(void) {
     __atomic_add_fetch(&dkForkGeneration, 1, __ATOMIC_RELAXED);
+    resetPendingMarks();
     pthread_mutex_init(&registerLock, NULL);
 }
 
@@ -311,6 +314,80 @@ int dkSelfId(dkshm *s, uint32_t *id) {
     return DKSHM_OK;
 }
 
+/* In-flight entries emptied under an undo log that has not committed yet.
+ * Its rollback would put the old block back in the entry, so no other log
+ * may fill the entry meanwhile: two threads (or one thread nesting two
+ * locks) that each logged a change to one entry would, once both were
+ * rolled back, lose a block. Process-local, keyed by the entry's and the
+ * log's addresses; a mark is the pair (entry, log), its log cleared first
+ * when it goes (a mark seen without its log counts as someone else's). */
+#define DK_PENDING_MAX 128
+typedef struct pendingMark {
+    uint64_t *entry; /* atomic; NULL: free */
+    const dkUndo *log; /* atomic */
+} pendingMark;
+static pendingMark pendingTab[DK_PENDING_MAX];
+static uint32_t pendingCount; /* marks in use (atomic) */
+static uint32_t pendingHigh;  /* indexes below this may be in use (atomic) */
+
+/* After fork() only the forking thread is left: marks of the others name
+ * operations that will never commit in the child. */
+static void resetPendingMarks(void) {
+    for (uint32_t i = 0; i < DK_PENDING_MAX; i++) {
+        pendingTab[i].log = NULL;
+        pendingTab[i].entry = NULL;
+    }
+    pendingCount = 0;
+    pendingHigh = 0;
+}
+
+static bool pendingMarked(const uint64_t *e, const dkUndo *mine) {
+    if (__atomic_load_n(&pendingCount, __ATOMIC_SEQ_CST) == 0)
+        return false;
+    uint32_t high = __atomic_load_n(&pendingHigh, __ATOMIC_ACQUIRE);
+    for (uint32_t i = 0; i < high; i++)
+        if (__atomic_load_n(&pendingTab[i].entry, __ATOMIC_SEQ_CST) == e &&
+            __atomic_load_n(&pendingTab[i].log, __ATOMIC_SEQ_CST) != mine)
+            return true;
+    return false;
+}
+
+static int pendingMark_(uint64_t *e, const dkUndo *log) {
+    for (uint32_t i = 0; i < DK_PENDING_MAX; i++) {
+        uint64_t *none = NULL;
+        if (__atomic_load_n(&pendingTab[i].entry, __ATOMIC_RELAXED) != NULL ||
+            !__atomic_compare_exchange_n(&pendingTab[i].entry, &none, e,
+                                         false, __ATOMIC_SEQ_CST,
+                                         __ATOMIC_RELAXED))
+            continue;
+        __atomic_store_n(&pendingTab[i].log, log, __ATOMIC_SEQ_CST);
+        uint32_t high = __atomic_load_n(&pendingHigh, __ATOMIC_RELAXED);
+        while (high < i + 1 &&
+               !__atomic_compare_exchange_n(&pendingHigh, &high, i + 1, false,
+                                            __ATOMIC_RELEASE,
+                                            __ATOMIC_RELAXED))
+            ;
+        __atomic_add_fetch(&pendingCount, 1, __ATOMIC_SEQ_CST);
+        return DKSHM_OK;
+    }
+    return DKSHM_FULL;
+}
+
+void dkInflightSettle(const dkUndo *log) {
+    if (__atomic_load_n(&pendingCount, __ATOMIC_SEQ_CST) == 0)
+        return;
+    uint32_t high = __atomic_load_n(&pendingHigh, __ATOMIC_ACQUIRE);
+    for (uint32_t i = 0; i < high; i++) {
+        const dkUndo *want = log;
+        if (__atomic_load_n(&pendingTab[i].log, __ATOMIC_RELAXED) == log &&
+            __atomic_compare_exchange_n(&pendingTab[i].log, &want, NULL, false,
+                                        __ATOMIC_SEQ_CST, __ATOMIC_RELAXED)) {
+            __atomic_store_n(&pendingTab[i].entry, NULL, __ATOMIC_SEQ_CST);
+            __atomic_sub_fetch(&pendingCount, 1, __ATOMIC_SEQ_CST);
+        }
+    }
+}
+
 int dkInflightAdd(dkshm *s, dkUndo *log, dkoff off) {
     dkProcSlot *p = dkSelfSlot(s);
     for (int j = 0; j < DK_INFLIGHT_MAX; j++) {
@@ -319,12 +396,19 @@ int dkInflightAdd(dkshm *s, dkUndo *log, dkoff off) {
          * the claim mark back, which reclaim drops (it is never a block). */
         uint64_t *e = &p->inflight[j];
         uint64_t zero = 0;
-        if (__atomic_load_n(e, __ATOMIC_RELAXED) == 0 &&
-            __atomic_compare_exchange_n(e, &zero, DK_INFLIGHT_CLAIMED, false,
-                                        __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
-            dkUndoSet64(s, log, e, off);
-            return DKSHM_OK;
+        if (__atomic_load_n(e, __ATOMIC_RELAXED) != 0 ||
+            !__atomic_compare_exchange_n(e, &zero, DK_INFLIGHT_CLAIMED, false,
+                                         __ATOMIC_SEQ_CST, __ATOMIC_RELAXED))
+            continue;
+        /* Emptied by another log's operation that may still roll back
+         * (dkInflightRemove marks before it empties, so the CAS that saw
+         * the entry empty sees the mark): give it back. */
+        if (pendingMarked(e, log)) {
+            __atomic_store_n(e, 0, __ATOMIC_RELEASE);
+            continue;
         }
+        dkUndoSet64(s, log, e, off);
+        return DKSHM_OK;
     }
     return DKSHM_FULL;
 }
@@ -334,6 +418,9 @@ int dkInflightRemove(dkshm *s, dkUndo *log, dkoff off) {
     for (int j = 0; j < DK_INFLIGHT_MAX; j++) {
         uint64_t *e = &p->inflight[j];
         if (__atomic_load_n(e, __ATOMIC_RELAXED) == off) {
+            int rc = pendingMark_(e, log);
+            if (rc != DKSHM_OK)
+                return rc;
             dkUndoSet64(s, log, e, 0);
             return DKSHM_OK;
         }

@@ -234,6 +234,9 @@ uint64_t dkProcStartTime(uint32_t pid);
  * Add: FULL when the list is full. Remove: NOTFOUND if OFF is not there. */
 int dkInflightAdd(dkshm *s, dkUndo *log, dkoff off);
 int dkInflightRemove(dkshm *s, dkUndo *log, dkoff off);
+/* LOG was committed or rolled back: the entries its operation emptied
+ * may be filled again (called by dkUndoCommit and dkUndoRollback). */
+void dkInflightSettle(const dkUndo *log);
 
 /* Monotonic and real clocks in nanoseconds. */
 uint64_t dkNowNs(void);

@@ -81,6 +81,7 @@ void dkUndoCommit(dkUndo *u) {
     DKSHM_CRASHPOINT();
     atomic_signal_fence(memory_order_seq_cst);
     __atomic_store_n(&u->count, 0, __ATOMIC_RELEASE);
+    dkInflightSettle(u);
     DKSHM_CRASHPOINT();
 }
 
@@ -115,6 +116,7 @@ int dkUndoRollback(dkshm *s, dkUndo *u) {
     }
     atomic_signal_fence(memory_order_seq_cst);
     __atomic_store_n(&u->count, 0, __ATOMIC_RELEASE);
+    dkInflightSettle(u);
     return DKSHM_OK;
 }
 

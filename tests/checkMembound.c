@@ -1279,6 +1279,45 @@ START_TEST(test_check_damage) {
 }
 END_TEST
 
+/* One in-flight entry, two logs: a process emptied an entry under lock A
+ * (its operation not yet committed) and then allocated in flight under the
+ * allocator's lock. Had the allocation reused the entry, A's rollback
+ * after the process's death would put the first block back over the
+ * second, which nothing would ever free. After the reap, nothing of the
+ * dead process's is left allocated. */
+static dkoff nestLock;
+static int nestAndDie(void *arg) {
+    (void)arg;
+    fastMutex *a = dkshmPtr(seg, nestLock);
+    dkUndo *log = dkshmPtr(seg, nestLock + 64);
+    dkoff x, y;
+    if (memboundAllocInflight(mb, 64, &x) != DKSHM_OK ||
+        fastMutexLock(seg, a) != DKSHM_OK)
+        return 1;
+    if (dkInflightRemove(seg, log, x) != DKSHM_OK)
+        return 2;
+    if (memboundAllocInflight(mb, 64, &y) != DKSHM_OK)
+        return 3;
+    raise(SIGKILL);
+    return 4;
+}
+
+START_TEST(test_inflight_two_logs) {
+    ck_assert_int_eq(memboundAllocOff(mb, 64 + DK_UNDO_BYTES(8), &nestLock),
+                     DKSHM_OK);
+    dkUndoInit(dkshmPtr(seg, nestLock + 64), 8);
+    ck_assert_int_eq(fastMutexInit(seg, dkshmPtr(seg, nestLock), nestLock + 64),
+                     DKSHM_OK);
+    ck_assert_int_eq(testInChild(nestAndDie, NULL), TEST_KILLED);
+    ck_assert_uint_eq(memboundCurrentAllocationCount(mb), 3);
+    size_t reaped = 0;
+    ck_assert_int_eq(dkshmReap(seg, &reaped), DKSHM_OK);
+    ck_assert_uint_eq(reaped, 1);
+    TEST_ASSERT_CHECK(memboundCheck, mb);
+    ck_assert_uint_eq(memboundCurrentAllocationCount(mb), 1); /* the lock */
+}
+END_TEST
+
 /* ---- suite -------------------------------------------------------------- */
 
 static Suite *memboundSuite(void) {
@@ -1305,7 +1344,7 @@ static Suite *memboundSuite(void) {
           test_crash_alloc_buddy_split, test_crash_free_buddy_merge,
           test_crash_free_inflight, test_crash_free_big_decommit,
           test_crash_free_slab, test_crash_free_slab_release,
-          test_crash_reclaim, test_crash_reset},
+          test_crash_reclaim, test_crash_reset, test_inflight_two_logs},
          300},
         {"check", {test_check_damage}, 120},
     };

@@ -46,10 +46,12 @@
  * header with acquire loads, compares the key and copies the value out
  * (see mdCopyRacy: memcpy and an acquire fence, or 8-byte acquire loads
  * under ThreadSanitizer), and accepts only if seq has not moved. The
- * common case is one inlined pass (mdGetFast, about 100 instructions with
- * the hash: with DRAM misses of ~200 ns what limits gets is how many of
- * them the CPU overlaps, so the path is kept short); anything unusual goes
- * to the full protocol (mdGetSlow). A reader may see a half-changed or
+ * common case is one inlined pass (mdGetFast: for keys up to 32 bytes and
+ * values up to 64 a leaf without calls, about 150 instructions with the
+ * hash; with two dependent DRAM misses per get what limits gets is how
+ * many of them the CPU overlaps, i.e. how many gets fit in its reorder
+ * window, so the path is kept short); anything unusual goes to the full
+ * protocol (mdGetSlow). A reader may see a half-changed or
  * freed table or entry before its validation fails, so every offset it
  * follows is bounds-checked (dkRangeOk) and every loop is bounded; a torn
  * read costs a retry, never a fault. Freed blocks stay mapped, so freeing
@@ -63,8 +65,9 @@
  * reader reads under the lock, so readers cannot starve.
  *
  * WRITES take the shard's fastMutex, make seq odd before the first change
- * (dkSeqWriteBegin), change shared words only through the lock's undo log
- * (dkUndoSet*), and commit with dkSeqWriteEnd. New entries are written with
+ * (mdSeqBegin: seqlock.h's dkSeqWriteBegin without the locked add), change
+ * shared words only through the lock's undo log (dkUndoSet*), and commit
+ * with mdSeqEnd. New entries are written with
  * plain (relaxed atomic) stores into a block allocated in flight, and only
  * the words that link it in are logged; small values (<= MD_INPLACE_MAX)
  * of the same padded length are overwritten in place through the log, which
@@ -529,9 +532,30 @@ static int mdInflightFree(dkshm *s) {
 static void mdFinishClear(mdOp *op);
 static void mdUnlock(mdOp *op);
 
+/* seqlock.h's write begin and end with a plain release store instead of
+ * an atomic add: only the lock holder writes the seq word (readers only
+ * read it, dkSeqRepair runs under the lock too), so the read-modify-write
+ * buys nothing, and on x86 each locked instruction is a full barrier that
+ * waits for the stores before it (the entry lines of a set, often cache
+ * misses): two fewer per write. Ordering is unchanged: every change that
+ * follows is a release store (dkUndoSet*, mdLogRange), so a reader that
+ * sees one of them sees the odd value too. */
+static inline void mdSeqBegin(uint32_t *seq) {
+    uint32_t v = __atomic_load_n(seq, __ATOMIC_RELAXED);
+    __atomic_store_n(seq, v + 1, __ATOMIC_RELEASE);
+    DKSHM_CRASHPOINT();
+}
+
+static inline void mdSeqEnd(dkUndo *log, uint32_t *seq) {
+    dkUndoCommit(log);
+    DKSHM_CRASHPOINT();
+    uint32_t v = __atomic_load_n(seq, __ATOMIC_RELAXED);
+    __atomic_store_n(seq, v + 1, __ATOMIC_RELEASE);
+}
+
 static void mdBegin(mdOp *op) {
     if (!op->writing) {
-        dkSeqWriteBegin(&op->sh->seq);
+        mdSeqBegin(&op->sh->seq);
         op->writing = true;
     }
 }
@@ -556,6 +580,7 @@ static inline int mdRoom(mdOp *op, uint32_t n) {
 /* Take SH's lock for OP: recover a dead writer (the lock rolls its log
  * back), repair the seq word, finish an interrupted clear. */
 static int mdLock(multidict *d, mdShard *sh, mdOp *op, uint32_t what) {
+    dkCount(d->s, DKSHM_CTR_WRITES, 1);
     op->d = d;
     op->s = d->s;
     op->sh = sh;
@@ -587,7 +612,7 @@ static int mdLock(multidict *d, mdShard *sh, mdOp *op, uint32_t what) {
             mdUnlock(op); /* in-flight list full: the next locker goes on */
             return DKSHM_FULL;
         }
-        dkSeqWriteEnd(op->log, &sh->seq);
+        mdSeqEnd(op->log, &sh->seq);
         op->writing = false;
     }
     dkSeqRepair(&sh->seq);
@@ -597,7 +622,7 @@ static int mdLock(multidict *d, mdShard *sh, mdOp *op, uint32_t what) {
 /* Commit, make seq even, unlock, then free what was unlinked. */
 static void mdUnlock(mdOp *op) {
     if (op->writing)
-        dkSeqWriteEnd(op->log, &op->sh->seq);
+        mdSeqEnd(op->log, &op->sh->seq);
     op->writing = false;
     fastMutexUnlock(op->s, &op->sh->lock);
     for (int i = 0; i < op->nGarbage; i++) {
@@ -1233,85 +1258,208 @@ static inline void mdTouch(multidict *d, mdShard *sh, uint64_t h) {
         __atomic_fetch_or(word, bit, __ATOMIC_RELAXED);
 }
 
-/* The get of the common case, in one pass and without calls but for the
- * hash and the copies: a shard nobody is writing, a key found (or not)
- * within 64 slots, no expiry due. Anything else, and any doubt, is
- * MD_TORN: the caller then runs the full protocol (mdGetSlow). */
-static inline int mdGetFast(multidict *d, mdShard *sh, uint64_t h,
-                            const void *key, size_t klen, void *buf,
-                            size_t bufLen, size_t *vlen) {
-    uint32_t seq = __atomic_load_n(&sh->seq, __ATOMIC_ACQUIRE);
-    uint64_t word = mdLoad64(&sh->table);
-    if (__builtin_expect((seq & 1) | (word == 0) | mdLoad32(&sh->clearing), 0))
-        return MD_TORN;
-    dkoff toff = word & MD_TABLE_OFF_MASK;
-    uint32_t log2 = (uint32_t)(word >> 56);
-    uint64_t size = d->size, kr = mdR8(klen);
-    if (__builtin_expect(log2 > MD_MAX_LOG2 || toff > size ||
-                             (8ull << log2) > size - toff,
-                         0))
-        return MD_TORN;
-    const uint64_t *slots = (const uint64_t *)(d->base + toff);
-    uint64_t mask = (1ull << log2) - 1, i = h & mask, tag = h & MD_TAG_MASK;
-    for (int n = 0; n < 64; n++, i = (i + 1) & mask) {
-        uint64_t v = mdLoad64(&slots[i]);
-        if (v == MD_EMPTY)
-            return mdSeqMoved(&sh->seq, seq) ? MD_TORN : DKSHM_NOTFOUND;
-        if (mdSlotTag(v) != tag || v == MD_TOMB)
-            continue;
-        dkoff eo = mdSlotOff(v);
-        if (__builtin_expect(eo > size - MD_ENTRY_HDR - kr, 0))
-            return MD_TORN;
-        const mdEntry *e = (const mdEntry *)(d->base + eo);
-        if (mdLoad64(&e->hash) != h || mdLoad32(&e->klen) != klen)
-            continue;
-        uint64_t vl = mdLoad64(&e->vlen), ex = mdLoad64(&e->expire);
-        if (__builtin_expect(vl > size - eo - MD_ENTRY_HDR - kr, 0))
-            return MD_TORN;
-        if (!mdEqRacy(e + 1, key, klen))
-            continue;
-        if (__builtin_expect(ex != 0, 0) && ex <= dkNowNs())
-            return MD_TORN; /* expired: reclaimed by the full path */
-        if (vl <= bufLen)
-            mdCopyRacy(buf, (const uint8_t *)(e + 1) + kr, vl);
-        if (mdSeqMoved(&sh->seq, seq))
-            return MD_TORN;
-        *vlen = (size_t)vl;
-        if (vl > bufLen)
-            return DKSHM_TOOBIG;
-        mdTouch(d, sh, h);
-        return DKSHM_OK;
+/* Copy N <= 64 bytes with overlapping moves, no call (only [0, n) of DST
+ * is written). */
+static inline void mdCopySmall(uint8_t *d, const uint8_t *p, uint64_t n) {
+#ifdef MD_WORD_READS
+    mdGetWords(d, (const uint64_t *)p, n);
+#else
+    if (n > 32) {
+        uint8_t a[32], b[32];
+        __builtin_memcpy(a, p, 32);
+        __builtin_memcpy(b, p + n - 32, 32);
+        __builtin_memcpy(d, a, 32);
+        __builtin_memcpy(d + n - 32, b, 32);
+    } else if (n > 16) {
+        uint8_t a[16], b[16];
+        __builtin_memcpy(a, p, 16);
+        __builtin_memcpy(b, p + n - 16, 16);
+        __builtin_memcpy(d, a, 16);
+        __builtin_memcpy(d + n - 16, b, 16);
+    } else if (n >= 8) {
+        uint64_t a, b;
+        __builtin_memcpy(&a, p, 8);
+        __builtin_memcpy(&b, p + n - 8, 8);
+        __builtin_memcpy(d, &a, 8);
+        __builtin_memcpy(d + n - 8, &b, 8);
+    } else if (n >= 4) {
+        uint32_t a, b;
+        __builtin_memcpy(&a, p, 4);
+        __builtin_memcpy(&b, p + n - 4, 4);
+        __builtin_memcpy(d, &a, 4);
+        __builtin_memcpy(d + n - 4, &b, 4);
+    } else if (n) {
+        uint8_t a = p[0], b = p[n / 2], c = p[n - 1];
+        d[0] = a;
+        d[n / 2] = b;
+        d[n - 1] = c;
     }
-    return MD_TORN;
+#endif
 }
 
-static int mdGetSlow(multidict *d, mdShard *sh, const mdKey *kp, void *buf,
-                     size_t bufLen, size_t *vlen) __attribute__((noinline));
+/* Whether the N <= 32 bytes at SRC equal B, with overlapping loads and no
+ * call. */
+static inline bool mdEqSmall(const uint8_t *src, const uint8_t *b, uint64_t n) {
+#ifdef MD_WORD_READS
+    return mdWordsEq((const uint64_t *)src, b, n);
+#else
+    if (n >= 16) {
+        uint64_t a0, a1, a2, a3, b0, b1, b2, b3;
+        __builtin_memcpy(&a0, src, 8);
+        __builtin_memcpy(&a1, src + 8, 8);
+        __builtin_memcpy(&a2, src + n - 16, 8);
+        __builtin_memcpy(&a3, src + n - 8, 8);
+        __builtin_memcpy(&b0, b, 8);
+        __builtin_memcpy(&b1, b + 8, 8);
+        __builtin_memcpy(&b2, b + n - 16, 8);
+        __builtin_memcpy(&b3, b + n - 8, 8);
+        return ((a0 ^ b0) | (a1 ^ b1) | (a2 ^ b2) | (a3 ^ b3)) == 0;
+    }
+    if (n >= 8) {
+        uint64_t a0, a1, b0, b1;
+        __builtin_memcpy(&a0, src, 8);
+        __builtin_memcpy(&a1, src + n - 8, 8);
+        __builtin_memcpy(&b0, b, 8);
+        __builtin_memcpy(&b1, b + n - 8, 8);
+        return ((a0 ^ b0) | (a1 ^ b1)) == 0;
+    }
+    if (n >= 4) {
+        uint32_t a0, a1, b0, b1;
+        __builtin_memcpy(&a0, src, 4);
+        __builtin_memcpy(&a1, src + n - 4, 4);
+        __builtin_memcpy(&b0, b, 4);
+        __builtin_memcpy(&b1, b + n - 4, 4);
+        return ((a0 ^ b0) | (a1 ^ b1)) == 0;
+    }
+    return src[0] == b[0] && src[n / 2] == b[n / 2] && src[n - 1] == b[n - 1];
+#endif
+}
 
+/* Keys and values up to these sizes take the get path without calls. */
+#define MD_SMALL_KEY 32u
+#define MD_SMALL_VALUE 64u
+
+static int mdGetSlow(multidict *d, const void *key, size_t klen, void *buf,
+                     size_t bufLen, size_t *vlen) __attribute__((noinline));
+static int mdGetAny(multidict *d, const void *key, size_t klen, void *buf,
+                    size_t bufLen, size_t *vlen) __attribute__((noinline));
+
+/* The get of the common case, in one pass: a shard nobody is writing, the
+ * key found (or not) within 64 slots, no expiry on the entry. Anything
+ * else, and any doubt, goes to the full protocol (mdGetSlow, a tail call
+ * with the same arguments). Instantiated twice: SMALL (keys up to
+ * MD_SMALL_KEY, values up to MD_SMALL_VALUE bytes: a leaf without calls or
+ * a stack frame, inlined into multidictGet) and any size (mdGetAny, with
+ * memcmp/memcpy). With a DRAM miss for the slot and one for the entry,
+ * what limits gets is how many of them the CPU overlaps, and that is how
+ * many gets fit in its reorder window: every instruction here counts
+ * (about 90 for a 16-byte key and a 64-byte value, the hash included).
+ * Each racy read is bounds-checked before it is followed, and validated
+ * by the seq word before it is returned. The entry's hash is not
+ * compared: the slot's tag, the key length and the key decide (a tag
+ * collision costs a key compare, nothing more). A cache's CLOCK bit is
+ * set here too. */
+static inline __attribute__((always_inline)) int
+mdGetFast(multidict *d, const void *key, size_t klen, void *buf,
+          size_t bufLen, size_t *vlen, const bool small) {
+    uint64_t h = mdHash(key, klen);
+    const mdShard *sh = d->shards + mdShardOf(d, h);
+    uint32_t seq = __atomic_load_n(&sh->seq, __ATOMIC_ACQUIRE);
+    uint64_t word = mdLoad64(&sh->table);
+    /* Separate predictable branches: each a single fused compare-and-jump,
+     * cheaper than OR-ing the conditions. */
+    if (__builtin_expect(seq & 1, 0) ||
+        __builtin_expect(mdLoad32(&sh->clearing) != 0, 0))
+        goto slow;
+    uint32_t log2 = (uint32_t)(word >> 56);
+    dkoff toff = word & MD_TABLE_OFF_MASK;
+    uint64_t size = d->size;
+    if (__builtin_expect(word == 0, 0) ||
+        __builtin_expect(log2 > MD_MAX_LOG2, 0) ||
+        __builtin_expect(toff + (8ull << log2) > size, 0))
+        goto slow;
+    const uint8_t *base = d->base;
+    uint64_t mask = (1ull << log2) - 1, i = h & mask;
+    uint64_t tag = (h & MD_TAG_MASK) << MD_OFF_BITS;
+    uint64_t lim = size - MD_ENTRY_HDR - mdR8(klen);
+    for (int n = 0; n < 64; n++, i = (i + 1) & mask) {
+        uint64_t v = mdLoad64((const uint64_t *)(base + toff) + i);
+        if (__builtin_expect(v == MD_EMPTY, 0)) {
+            if (mdSeqMoved(&sh->seq, seq))
+                goto slow;
+            return DKSHM_NOTFOUND;
+        }
+        if ((v & ~MD_OFF_MASK) != tag || __builtin_expect(v == MD_TOMB, 0))
+            continue;
+        dkoff eo = mdSlotOff(v);
+        if (__builtin_expect(eo > lim, 0))
+            goto slow;
+        const mdEntry *e = (const mdEntry *)(base + eo);
+        if (__builtin_expect(mdLoad32(&e->klen) != klen, 0))
+            continue;
+        const uint8_t *ek = (const uint8_t *)(e + 1);
+        if (small ? !mdEqSmall(ek, key, klen) : !mdEqRacy(ek, key, klen))
+            continue;
+        uint64_t vl = mdLoad64(&e->vlen);
+        /* An expiry to look at or a torn length: the full protocol. */
+        if (__builtin_expect(mdLoad64(&e->expire) != 0, 0) ||
+            __builtin_expect(vl > lim - eo, 0))
+            goto slow;
+        if (small && __builtin_expect(vl > MD_SMALL_VALUE, 0))
+            return mdGetAny(d, key, klen, buf, bufLen, vlen);
+        if (__builtin_expect(vl <= bufLen, 1)) {
+            if (small)
+                mdCopySmall(buf, ek + mdR8(klen), vl);
+            else
+                mdCopyRacy(buf, ek + mdR8(klen), vl);
+        }
+        if (mdSeqMoved(&sh->seq, seq))
+            goto slow;
+        *vlen = (size_t)vl;
+        if (__builtin_expect(vl > bufLen, 0))
+            return DKSHM_TOOBIG;
+        if (__builtin_expect(d->refLog2 != 0, 0))
+            mdTouch(d, (mdShard *)sh, h);
+        return DKSHM_OK;
+    }
+slow:
+    return mdGetSlow(d, key, klen, buf, bufLen, vlen);
+}
+
+static int mdGetAny(multidict *d, const void *key, size_t klen, void *buf,
+                    size_t bufLen, size_t *vlen) {
+    return mdGetFast(d, key, klen, buf, bufLen, vlen, false);
+}
+
+/* flatten: XXH3 inlined, and specialised for keys of at most
+ * MD_SMALL_KEY bytes. */
 __attribute__((flatten)) DKSHM_API int
 multidictGet(multidict *d, const void *key, size_t klen, void *buf,
              size_t bufLen, size_t *vlen) {
-    if (__builtin_expect(!d || !key || !vlen || klen - 1 >= MULTIDICT_KEY_MAX ||
-                             (!buf && bufLen),
-                         0)) {
-        int rc = mdCheckKey(d, key, klen);
-        return rc != DKSHM_OK ? rc : DKSHM_INVALID;
+    if (__builtin_expect(klen - 1 >= MD_SMALL_KEY, 0) ||
+        __builtin_expect(!d, 0) || __builtin_expect(!key, 0) ||
+        __builtin_expect(!vlen, 0) || __builtin_expect(!buf && bufLen, 0)) {
+        if (!d || !key || !vlen || klen - 1 >= MULTIDICT_KEY_MAX ||
+            (!buf && bufLen))
+            return mdGetSlow(d, key, klen, buf, bufLen, vlen); /* errors */
+        dkCount(d->s, DKSHM_CTR_READS, 1);
+        return mdGetAny(d, key, klen, buf, bufLen, vlen);
     }
-    mdKey k = {key, klen, mdHash(key, klen)};
-    mdShard *sh = mdShardAt(d, mdShardOf(d, k.h));
-    int rc = mdGetFast(d, sh, k.h, key, klen, buf, bufLen, vlen);
-    if (__builtin_expect(rc != MD_TORN, 1))
-        return rc;
-    return mdGetSlow(d, sh, &k, buf, bufLen, vlen);
+    dkCount(d->s, DKSHM_CTR_READS, 1);
+    return mdGetFast(d, key, klen, buf, bufLen, vlen, true);
 }
 
 /* The full protocol: wait out or recover writers, retry torn reads, read
  * under the lock when writers keep winning, reclaim an expired entry. */
-static int mdGetSlow(multidict *d, mdShard *sh, const mdKey *kp, void *buf,
+static int mdGetSlow(multidict *d, const void *key, size_t klen, void *buf,
                      size_t bufLen, size_t *vlen) {
-    mdKey k = *kp;
-    size_t klen = k.klen;
-    int rc;
+    int rc = mdCheckKey(d, key, klen);
+    if (rc != DKSHM_OK)
+        return rc;
+    if (!vlen || (!buf && bufLen))
+        return DKSHM_INVALID;
+    mdKey k = {key, klen, mdHash(key, klen)};
+    mdShard *sh = mdShardAt(d, mdShardOf(d, k.h));
     mdOp op;
     bool locked = false;
     for (int attempt = 0;; attempt++) {

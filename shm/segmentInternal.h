@@ -197,15 +197,20 @@ static inline int dkSelf(dkshm *s, uint32_t *id) {
 }
 /* Add N to this process's counter CTR (DKSHM_CTR_...) if it is
  * registered in S; a process that never registered (it only read) counts
- * nothing rather than taking a slot for statistics. */
+ * nothing rather than taking a slot for statistics. A load and a store,
+ * not a locked add: on x86 a locked instruction waits for every load
+ * before it, which would stop a get's cache misses from overlapping with
+ * the next get's. Threads of one process racing on a counter may lose a
+ * count: these are statistics. */
 static inline void dkCount(dkshm *s, int ctr, uint64_t n) {
     if (__atomic_load_n(&s->forkGen, __ATOMIC_ACQUIRE) ==
             __atomic_load_n(&dkForkGeneration, __ATOMIC_RELAXED) &&
-        __atomic_load_n(&s->lockId, __ATOMIC_ACQUIRE) != 0)
-        __atomic_fetch_add(&dkSlotAt(s, __atomic_load_n(&s->slot,
-                                                        __ATOMIC_RELAXED))
-                                ->counters[ctr],
-                           n, __ATOMIC_RELAXED);
+        __atomic_load_n(&s->lockId, __ATOMIC_ACQUIRE) != 0) {
+        uint64_t *c = &dkSlotAt(s, __atomic_load_n(&s->slot, __ATOMIC_RELAXED))
+                           ->counters[ctr];
+        __atomic_store_n(c, __atomic_load_n(c, __ATOMIC_RELAXED) + n,
+                         __ATOMIC_RELAXED);
+    }
 }
 /* Our slot; only valid after dkSelf succeeded. */
 static inline dkProcSlot *dkSelfSlot(dkshm *s) {

@@ -329,6 +329,49 @@ START_TEST(test_get_buffer_sizes) {
 }
 END_TEST
 
+/* The get paths specialised by size (keys up to 32 bytes and values up to
+ * 64 without calls, the rest with memcmp/memcpy): every key length around
+ * those bounds with every value length around them, keys that differ only
+ * in their last byte, and buffers one byte short. */
+START_TEST(test_get_fast_path_sizes) {
+    uint8_t k[48], v[160], out[200];
+    for (size_t kl = 1; kl <= 40; kl++) {
+        for (size_t vl = 0; vl <= 130; vl += (vl < 70 ? 1 : 29)) {
+            memset(k, 'a', kl);
+            k[kl - 1] = (uint8_t)vl; /* same prefix, last byte differs */
+            fillValue(v, vl, kl * 1000 + vl);
+            ck_assert_int_eq(multidictSet(d, k, kl, v, vl), DKSHM_OK);
+        }
+    }
+    for (size_t kl = 1; kl <= 40; kl++) {
+        for (size_t vl = 0; vl <= 130; vl += (vl < 70 ? 1 : 29)) {
+            memset(k, 'a', kl);
+            k[kl - 1] = (uint8_t)vl;
+            fillValue(v, vl, kl * 1000 + vl);
+            size_t got = 9999;
+            memset(out, 0xee, sizeof out);
+            ck_assert_int_eq(multidictGet(d, k, kl, out, vl, &got), DKSHM_OK);
+            ck_assert_uint_eq(got, vl);
+            ck_assert(memcmp(out, v, vl) == 0);
+            for (size_t j = vl; j < sizeof out; j++)
+                ck_assert_uint_eq(out[j], 0xee); /* nothing past the value */
+            if (vl) {
+                got = 0;
+                memset(out, 0xee, sizeof out);
+                ck_assert_int_eq(multidictGet(d, k, kl, out, vl - 1, &got),
+                                 DKSHM_TOOBIG);
+                ck_assert_uint_eq(got, vl);
+                ck_assert_uint_eq(out[0], 0xee);
+            }
+            k[kl - 1] = 250; /* absent (lengths used: up to 128) */
+            ck_assert_int_eq(multidictGet(d, k, kl, out, sizeof out, &got),
+                             DKSHM_NOTFOUND);
+        }
+    }
+    assertCheckDict(d);
+}
+END_TEST
+
 START_TEST(test_add_replace_delete) {
     ck_assert_int_eq(multidictReplace(d, "a", 1, "1", 1), DKSHM_NOTFOUND);
     assertAbsent(d, "a");
@@ -2191,7 +2234,8 @@ static Suite *multidictSuite(void) {
         int timeout;
     } cases[] = {
         {"basic",
-         {test_set_get_sizes, test_get_buffer_sizes, test_add_replace_delete,
+         {test_set_get_sizes, test_get_buffer_sizes, test_get_fast_path_sizes,
+          test_add_replace_delete,
           test_incr, test_compare_and_set, test_count_iterate,
           test_iterate_and_write, test_clear, test_binary_and_long_keys,
           test_stats, test_open_by_name, test_open_race},

@@ -20,14 +20,36 @@
  *   toolHelper reheader FILE FIELD VALUE
  *       set the header field FIELD (capacity, layoutVersion or maxProcs)
  *       and recompute the checksum, so that only the field is wrong
+ *   toolHelper populate NAME
+ *       one container of each type with known contents: multidict "dict",
+ *       multimaps "map" (bytes keys) and "imap" (int64 keys), multilist
+ *       "list", multiarray "arr" (4-byte elements), OSRegulate "limit";
+ *       print "root.OBJ=OFF" for each
+ *   toolHelper leak NAME SIZE
+ *       allocate SIZE bytes that nothing owns (a leak); print "leak=OFF"
+ *   toolHelper blocks NAME OBJ
+ *       print the blocks of container OBJ, "OFF BYTES KIND" per line
+ *   toolHelper work NAME MILLISECONDS
+ *       for that long, push and pop on multilist "wq", append to and read
+ *       multiarray "wa", allocate and free: a worker for `top` to watch;
+ *       print "ready pid=PID" first
  *
  * Exit status: 0 on success, 100 - rc for a dkshm error rc, 2 for bad
  * usage, 3 for anything else. Numbers are decimal or 0x-hex.
  */
 #include "config.h"
 
+#include "OSRegulate.h"
 #include "membound.h"
 #include "memboundInternal.h"
+#include "multiarray.h"
+#include "multiarrayInternal.h"
+#include "multidict.h"
+#include "multidictInternal.h"
+#include "multilist.h"
+#include "multilistInternal.h"
+#include "multimap.h"
+#include "multimapInternal.h"
 #include "segmentInternal.h"
 
 #include <errno.h>
@@ -194,6 +216,185 @@ static int cmdChurn(const char *name, int argc, char **argv) {
     return 0;
 }
 
+static void printRoot(dkshm *s, const char *obj) {
+    dkoff root = 0;
+    if (dkshmObjectFind(s, obj, NULL, &root) == DKSHM_OK)
+        printf("root.%s=%" PRIu64 "\n", obj, root);
+}
+
+static int cmdPopulate(const char *name) {
+    dkshm *s;
+    int rc = dkshmAttach(name, 0, &s);
+    if (rc != DKSHM_OK)
+        return exitFor(rc);
+    multidict *d = NULL;
+    multimap *m = NULL, *mi = NULL;
+    multilist *l = NULL;
+    multiarray *a = NULL;
+    OSRegulate *r = NULL;
+    multimapOptions io = {.keyMode = MULTIMAP_KEYS_INT64};
+    multiarrayOptions ao = {.elemSize = 4};
+    OSRegulateOptions ro = {.maxHolders = 3, .ratePerSec = 100, .burst = 10};
+    static const uint8_t bin[] = {0, 1, 2, 0xff};
+    int64_t n42 = 42;
+    if ((rc = multidictOpen(s, "dict", NULL, MULTIDICT_CREATE, &d)) ||
+        (rc = multidictSet(d, "alpha", 5, "one", 3)) ||
+        (rc = multidictSet(d, "bin\001", 4, bin, sizeof bin)) ||
+        (rc = multidictSet(d, "n", 1, &n42, sizeof n42)) ||
+        (rc = multimapOpen(s, "map", NULL, MULTIMAP_CREATE, &m)) ||
+        (rc = multimapInsert(m, "b", 1, "2", 1, 0)) ||
+        (rc = multimapInsert(m, "a", 1, "1", 1, 0)) ||
+        (rc = multimapInsert(m, "c", 1, "3\n", 2, 0)) ||
+        (rc = multimapOpen(s, "imap", &io, MULTIMAP_CREATE, &mi)) ||
+        (rc = multimapInsertInt(mi, 7, "seven", 5, 0)) ||
+        (rc = multimapInsertInt(mi, -5, "neg", 3, 0)) ||
+        (rc = multilistOpen(s, "list", NULL, MULTILIST_CREATE, &l)) ||
+        (rc = multilistPushTail(l, "first", 5)) ||
+        (rc = multilistPushTail(l, "second", 6)) ||
+        (rc = multilistPushTail(l, "third\t", 6)) ||
+        (rc = multiarrayOpen(s, "arr", &ao, MULTIARRAY_CREATE, &a)) ||
+        (rc = multiarrayAppend(a, "AAAA", NULL)) ||
+        (rc = multiarrayAppend(a, "BBBB", NULL)) ||
+        (rc = multiarrayAppend(a, "C\001\002D", NULL)) ||
+        (rc = OSRegulateOpen(s, "limit", &ro, OSREGULATE_CREATE, &r)))
+        fprintf(stderr, "populate: %s\n", dkshmStrerror(rc));
+    multidictClose(d);
+    multimapClose(m);
+    multimapClose(mi);
+    multilistClose(l);
+    multiarrayClose(a);
+    OSRegulateClose(r);
+    if (rc == DKSHM_OK) {
+        static const char *objs[] = {"dict", "map",  "imap",
+                                     "list", "arr", "limit"};
+        for (size_t i = 0; i < sizeof objs / sizeof objs[0]; i++)
+            printRoot(s, objs[i]);
+    }
+    dkshmDetach(s);
+    return exitFor(rc);
+}
+
+static int cmdLeak(const char *name, int argc, char **argv) {
+    uint64_t size;
+    if (argc != 1 || parseNum(argv[0], &size) || size == 0)
+        return EXIT_USAGE;
+    dkshm *s;
+    int rc = dkshmAttach(name, 0, &s);
+    if (rc != DKSHM_OK)
+        return exitFor(rc);
+    membound *m = memboundForSegment(s);
+    dkoff off = 0;
+    rc = m ? memboundAllocOff(m, size, &off) : DKSHM_CORRUPT;
+    if (rc == DKSHM_OK)
+        printf("leak=%" PRIu64 "\n", off);
+    dkshmDetach(s);
+    return exitFor(rc);
+}
+
+static int printBlock(void *ctx, dkoff off, uint64_t bytes, int kind) {
+    (void)ctx;
+    printf("%" PRIu64 " %" PRIu64 " %d\n", off, bytes, kind);
+    return 0;
+}
+
+static int cmdBlocks(const char *name, int argc, char **argv) {
+    if (argc != 1)
+        return EXIT_USAGE;
+    dkshm *s;
+    int rc = dkshmAttach(name, 0, &s);
+    if (rc != DKSHM_OK)
+        return exitFor(rc);
+    uint32_t type = 0;
+    rc = dkshmObjectFind(s, argv[0], &type, NULL);
+    if (rc == DKSHM_OK) {
+        multiarrayOptions ao = {0};
+        switch (type) {
+        case MULTIDICT_TYPE: {
+            multidict *d;
+            if ((rc = multidictOpen(s, argv[0], NULL, 0, &d)) == DKSHM_OK) {
+                rc = multidictForEachBlock(d, printBlock, NULL);
+                multidictClose(d);
+            }
+            break;
+        }
+        case MULTIMAP_TYPE: {
+            multimap *m;
+            if ((rc = multimapOpen(s, argv[0], NULL, 0, &m)) == DKSHM_OK) {
+                rc = multimapForEachBlock(m, printBlock, NULL);
+                multimapClose(m);
+            }
+            break;
+        }
+        case MULTILIST_TYPE: {
+            multilist *l;
+            if ((rc = multilistOpen(s, argv[0], NULL, 0, &l)) == DKSHM_OK) {
+                rc = multilistForEachBlock(l, printBlock, NULL);
+                multilistClose(l);
+            }
+            break;
+        }
+        case MULTIARRAY_TYPE: {
+            multiarray *a;
+            if ((rc = multiarrayOpen(s, argv[0], &ao, 0, &a)) == DKSHM_OK) {
+                rc = multiarrayForEachBlock(a, printBlock, NULL);
+                multiarrayClose(a);
+            }
+            break;
+        }
+        default:
+            rc = DKSHM_TYPE;
+        }
+    }
+    dkshmDetach(s);
+    return exitFor(rc);
+}
+
+static int cmdWork(const char *name, int argc, char **argv) {
+    uint64_t ms;
+    if (argc != 1 || parseNum(argv[0], &ms))
+        return EXIT_USAGE;
+    dkshm *s;
+    int rc = dkshmAttach(name, 0, &s);
+    if (rc != DKSHM_OK)
+        return exitFor(rc);
+    membound *mb = memboundForSegment(s);
+    multilist *l = NULL;
+    multiarray *a = NULL;
+    multiarrayOptions ao = {.elemSize = 8};
+    if (!mb ||
+        (rc = multilistOpen(s, "wq", NULL, MULTILIST_CREATE, &l)) != 0 ||
+        (rc = multiarrayOpen(s, "wa", &ao, MULTIARRAY_CREATE, &a)) != 0) {
+        dkshmDetach(s);
+        return exitFor(rc ? rc : DKSHM_CORRUPT);
+    }
+    printf("ready pid=%d\n", (int)getpid());
+    fflush(stdout);
+    uint64_t end = dkNowNs() + ms * 1000000ull;
+    for (uint64_t i = 0; dkNowNs() < end; i++) {
+        char item[64], buf[64];
+        size_t len;
+        int n = snprintf(item, sizeof item, "job %" PRIu64, i);
+        multilistPushTail(l, item, (size_t)n);
+        multilistPopHead(l, buf, sizeof buf, &len);
+        uint64_t count = 0, v;
+        multiarrayCount(a, &count);
+        if (count < 256)
+            multiarrayAppend(a, &i, NULL);
+        else
+            multiarraySet(a, i % count, &i);
+        multiarrayGet(a, i % (count ? count : 1), &v);
+        dkoff off;
+        if (memboundAllocOff(mb, 100 + i % 300, &off) == DKSHM_OK)
+            memboundFreeOff(mb, off);
+        if (i % 64 == 0)
+            usleep(100);
+    }
+    multilistClose(l);
+    multiarrayClose(a);
+    dkshmDetach(s);
+    return 0;
+}
+
 static int withFile(const char *path, int (*fn)(int fd, void *), void *ctx) {
     int fd = open(path, O_RDWR);
     if (fd < 0) {
@@ -253,7 +454,8 @@ static int reheaderFn(int fd, void *ctx) {
 int main(int argc, char **argv) {
     if (argc < 3) {
         fprintf(stderr,
-                "usage: %s offsets|put|bind|hold-inflight NAME ... | "
+                "usage: %s offsets|put|bind|hold-inflight|churn|populate|"
+                "leak|blocks|work NAME ... | "
                 "xor|poke|reheader FILE ...\n",
                 argv[0]);
         return EXIT_USAGE;
@@ -272,6 +474,14 @@ int main(int argc, char **argv) {
         rc = cmdChurn(target, rest, args);
     else if (strcmp(verb, "hold-inflight") == 0 && rest == 0)
         rc = cmdHoldInflight(target);
+    else if (strcmp(verb, "populate") == 0 && rest == 0)
+        rc = cmdPopulate(target);
+    else if (strcmp(verb, "leak") == 0)
+        rc = cmdLeak(target, rest, args);
+    else if (strcmp(verb, "blocks") == 0)
+        rc = cmdBlocks(target, rest, args);
+    else if (strcmp(verb, "work") == 0)
+        rc = cmdWork(target, rest, args);
     else if (strcmp(verb, "xor") == 0 && rest == 2) {
         pokeArgs a;
         if (parseNum(args[0], &a.off) || parseNum(args[1], &a.value))

@@ -1,17 +1,21 @@
-/* dkshmTool.c — dkshm-tool: inspect, check, reap, dump, create and remove
- * dkshm segments from the shell (man/dkshm-tool.1).
+/* dkshmTool.c — dkshm-tool: inspect, watch, check, reap, dump, create and
+ * remove dkshm segments from the shell (man/dkshm-tool.1).
  *
- *   dkshm-tool list | info | check | reap | dump | create | rm ...
+ *   dkshm-tool list | info | top | check | reap | dump | create | rm ...
  *   dkshm-tool get | set | del | incr ...   (with containers/multidict)
  *
- * READ-ONLY. The reading commands (list, info, check, dump, get and reap
- * --dry-run) attach with DKSHM_RDONLY: the segment is mapped PROT_READ and
- * the tool cannot write a byte of it, so it takes no lock either. What it
+ * READ-ONLY. The reading commands (list, info, top, check, dump, get and
+ * reap --dry-run) attach with DKSHM_RDONLY: the segment is mapped PROT_READ
+ * and the tool cannot write a byte of it, so it takes no lock either. What it
  * reads may be changing under it: it reads the directory through its
  * seqlock, copies the tables before checking them, and repeats a check
  * that found problems while the part they are in was changing (the
  * allocator has no seqlock: a change is seen as a change of a hash of its
- * metadata).
+ * metadata). Containers are opened read-only through their own API and
+ * check themselves optimistically; the ownership check (every allocation
+ * owned by exactly one container, name or in-flight list) is believed only
+ * from an attempt during which nothing moved: the allocator, the tables,
+ * the containers' statistics and the processes' operation counters.
  *
  * CHANGES. reap attaches read-write only when there is something to reap;
  * set, del and incr attach read-write; create and rm make and remove
@@ -46,25 +50,34 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <pwd.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <termios.h>
+#include <time.h>
 #include <unistd.h>
 #include <xxhash.h>
 
-/* The multidict commands (get, set, del, incr) and multidict figures in
- * info come with the container. */
-#if defined(__has_include)
-#if __has_include("multidict.h")
+/* The containers: their figures in info, their checks and ownership walks
+ * in check (the ...Internal.h headers), their contents in dump, and the
+ * multidict commands (get, set, del, incr). */
+#include "OSRegulate.h"
+#include "multiarray.h"
+#include "multiarrayInternal.h"
 #include "multidict.h"
+#include "multidictInternal.h"
+#include "multilist.h"
+#include "multilistInternal.h"
+#include "multimap.h"
+#include "multimapInternal.h"
 #define HAVE_MULTIDICT 1
-#endif
-#endif
 
 #define SHM_DIR "/dev/shm"
 
@@ -658,15 +671,24 @@ typedef struct procData { /* per process */
 typedef struct objData { /* per process */
     dkshmObjectInfo o;
     bool sized; /* the root is a live allocation of this size */
-    uint64_t bytes;
-    int dictRc; /* multidicts: of opening it and reading its figures */
-    uint64_t entries, entryBytes;
-    uint32_t shards;
-    double maxLoad;
+    uint64_t bytes; /* of the root block */
+    /* Containers: of opening it and reading its statistics. */
+    int statRc;
+    bool counted;       /* count and dataBytes are known */
+    uint64_t count;     /* entries, items, elements; permits out */
+    uint64_t dataBytes; /* bytes of its data, as its statistics count them */
+    union {
+        multidictStats md;
+        multimapStats mm;
+        multilistStats ml;
+        multiarrayStats ma;
+        OSRegulateStats os;
+    } st;
+    uint32_t lockedShards, deadShards; /* multidict shards locked now */
 } objData;
 
 typedef struct lockData { /* per process */
-    const char *name;
+    char name[112];
     dkoff off;
     int rc; /* of the inspection */
     fastMutexState st;
@@ -689,13 +711,14 @@ typedef struct segData { /* per process */
     size_t nobjs;
     int objRc;
     bool objWriterDead; /* objRc BUSY because a dead writer left it so */
-    lockData locks[3];
-    int nlocks;
+    lockData *locks;
+    int nlocks, capLocks;
 } segData;
 
 static void segDataFree(segData *d) {
     free(d->procs);
     free(d->objs);
+    free(d->locks);
     memset(d, 0, sizeof *d);
 }
 
@@ -888,23 +911,131 @@ static int openDict(dkshm *s, const char *name, uint32_t flags,
     }
     return rc;
 }
-
-static void dictFigures(dkshm *s, objData *o) {
-    multidict *md;
-    o->dictRc = openDict(s, o->o.name, 0, &md);
-    if (o->dictRc != DKSHM_OK)
-        return;
-    multidictStats st;
-    o->dictRc = multidictGetStats(md, &st);
-    if (o->dictRc == DKSHM_OK) {
-        o->entries = st.count;
-        o->entryBytes = st.bytes;
-        o->shards = st.shards;
-        o->maxLoad = st.maxLoad;
-    }
-    multidictClose(md);
-}
 #endif
+
+/* ---- containers, opened read-only --------------------------------------- */
+
+static bool isContainer(uint32_t type) {
+    return type >= MULTIDICT_TYPE && type <= OSREGULATE_TYPE;
+}
+
+typedef struct contHandle { /* per process: a container of any type */
+    uint32_t type;
+    union {
+        multidict *md;
+        multimap *mm;
+        multilist *ml;
+        multiarray *ma;
+        OSRegulate *os;
+    } h;
+} contHandle;
+
+static int contOpenOnce(dkshm *s, const char *name, contHandle *c) {
+    multiarrayOptions ao = {0};
+    switch (c->type) {
+    case MULTIDICT_TYPE:
+        return multidictOpen(s, name, NULL, 0, &c->h.md);
+    case MULTIMAP_TYPE:
+        return multimapOpen(s, name, NULL, 0, &c->h.mm);
+    case MULTILIST_TYPE:
+        return multilistOpen(s, name, NULL, 0, &c->h.ml);
+    case MULTIARRAY_TYPE:
+        return multiarrayOpen(s, name, &ao, 0, &c->h.ma);
+    case OSREGULATE_TYPE:
+        return OSRegulateOpen(s, name, NULL, 0, &c->h.os);
+    default:
+        return DKSHM_TYPE;
+    }
+}
+
+/* Open the container NAME of type TYPE (no creation), retried while the
+ * directory is busy, like the directory readers. */
+static int contOpen(dkshm *s, const char *name, uint32_t type,
+                    contHandle *c) {
+    memset(c, 0, sizeof *c);
+    c->type = type;
+    int rc = DKSHM_BUSY, stuck = 0;
+    for (int i = 0; i < DIR_BUSY_TRIES && rc == DKSHM_BUSY; i++) {
+        rc = contOpenOnce(s, name, c);
+        if (rc != DKSHM_BUSY)
+            break;
+        stuck = dirNobodyAlive(s) ? stuck + 1 : 0;
+        if (stuck >= DIR_STUCK_TRIES)
+            break;
+        usleep(i < 10 ? 100 : 5000);
+    }
+    return rc;
+}
+
+static void contClose(contHandle *c) {
+    switch (c->type) {
+    case MULTIDICT_TYPE:
+        multidictClose(c->h.md);
+        break;
+    case MULTIMAP_TYPE:
+        multimapClose(c->h.mm);
+        break;
+    case MULTILIST_TYPE:
+        multilistClose(c->h.ml);
+        break;
+    case MULTIARRAY_TYPE:
+        multiarrayClose(c->h.ma);
+        break;
+    case OSREGULATE_TYPE:
+        OSRegulateClose(c->h.os);
+        break;
+    default:
+        break;
+    }
+    memset(c, 0, sizeof *c);
+}
+
+/* The statistics of container O (count, bytes and the per-type figures). */
+static void containerFigures(dkshm *s, objData *o) {
+    contHandle c;
+    o->statRc = contOpen(s, o->o.name, o->o.type, &c);
+    if (o->statRc != DKSHM_OK)
+        return;
+    switch (o->o.type) {
+    case MULTIDICT_TYPE:
+        o->statRc = multidictGetStats(c.h.md, &o->st.md);
+        if (o->statRc != DKSHM_OK)
+            break;
+        o->count = o->st.md.count;
+        o->dataBytes = o->st.md.bytes + o->st.md.tableBytes;
+        for (uint32_t i = 0; i < o->st.md.shards; i++) {
+            multidictShardStats sh;
+            if (multidictGetShardStats(c.h.md, i, &sh) != DKSHM_OK)
+                break;
+            o->lockedShards += sh.locked;
+            o->deadShards += sh.locked && sh.ownerDead;
+        }
+        break;
+    case MULTIMAP_TYPE:
+        o->statRc = multimapGetStats(c.h.mm, &o->st.mm);
+        o->count = o->st.mm.count;
+        o->dataBytes =
+            o->st.mm.nodeBytes + o->st.mm.entryBytes + o->st.mm.keyBytes;
+        break;
+    case MULTILIST_TYPE:
+        o->statRc = multilistGetStats(c.h.ml, &o->st.ml);
+        o->count = o->st.ml.count;
+        o->dataBytes = o->st.ml.bytes;
+        break;
+    case MULTIARRAY_TYPE:
+        o->statRc = multiarrayGetStats(c.h.ma, &o->st.ma);
+        o->count = o->st.ma.count;
+        o->dataBytes = o->st.ma.blockBytes;
+        break;
+    default:
+        o->statRc = OSRegulateGetStats(c.h.os, &o->st.os);
+        o->count = o->st.os.held;
+        o->dataBytes = o->bytes;
+        break;
+    }
+    o->counted = o->statRc == DKSHM_OK;
+    contClose(&c);
+}
 
 /* The directory of S; *RC gets BUSY when a dead writer left it mid-change
  * (a read-only reader cannot recover it). */
@@ -925,10 +1056,8 @@ static void gatherObjects(dkshm *s, segData *d, membound *m) {
                 objs[i].sized = true;
                 objs[i].bytes = sz;
             }
-#ifdef HAVE_MULTIDICT
-            if (tmp[i].type == MULTIDICT_TYPE)
-                dictFigures(s, &objs[i]);
-#endif
+            if (isContainer(tmp[i].type))
+                containerFigures(s, &objs[i]);
         }
     } else {
         n = 0;
@@ -938,21 +1067,71 @@ static void gatherObjects(dkshm *s, segData *d, membound *m) {
     d->nobjs = n;
 }
 
+static lockData *addLock(segData *d, const char *name, dkoff off) {
+    if (d->nlocks == d->capLocks) {
+        int cap = d->capLocks ? 2 * d->capLocks : 8;
+        lockData *v = realloc(d->locks, (size_t)cap * sizeof *v);
+        if (!v) {
+            fputs("dkshm-tool: out of memory\n", stderr);
+            exit(EXIT_OPEN);
+        }
+        d->locks = v;
+        d->capLocks = cap;
+    }
+    lockData *l = &d->locks[d->nlocks++];
+    memset(l, 0, sizeof *l);
+    snprintf(l->name, sizeof l->name, "%s", name);
+    l->off = off;
+    return l;
+}
+
+/* The object whose root block holds offset OFF (where containers keep
+ * their locks), or NULL. */
+static const objData *objectAt(const segData *d, dkoff off) {
+    for (size_t i = 0; i < d->nobjs; i++) {
+        const objData *o = &d->objs[i];
+        if (o->sized && off >= o->o.root && off - o->o.root < o->bytes)
+            return o;
+    }
+    return NULL;
+}
+
 static void gatherLocks(dkshm *s, segData *d, membound *m) {
     d->nlocks = 0;
-    lockData *l = &d->locks[d->nlocks++];
-    l->name = "directory";
-    l->off = offsetof(dkHeader, dirLock);
+    lockData *l = addLock(d, "directory", offsetof(dkHeader, dirLock));
     l->rc = fastMutexInspect(s, &s->hdr->dirLock, &l->st);
-    l = &d->locks[d->nlocks++];
-    l->name = "allocator-init";
-    l->off = offsetof(dkHeader, initLock);
+    l = addLock(d, "allocator-init", offsetof(dkHeader, initLock));
     l->rc = fastMutexInspect(s, &s->hdr->initLock, &l->st);
     if (m) {
-        l = &d->locks[d->nlocks++];
-        l->name = "allocator";
-        l->off = d->allocRoot; /* the lock is the control block's first word */
+        /* The lock is the control block's first word. */
+        l = addLock(d, "allocator", d->allocRoot);
         l->rc = memboundLockState(m, &l->st);
+    }
+    /* Every other lock (with an undo log) that a dead process holds: the
+     * locks of containers, named after the object whose root holds them. */
+    for (size_t i = 0; i < d->nprocs; i++) {
+        const procData *p = &d->procs[i];
+        if (p->alive)
+            continue;
+        for (uint32_t k = 0; k < p->nheld; k++) {
+            dkoff off = p->held[k];
+            bool seen = false;
+            for (int j = 0; j < d->nlocks && !seen; j++)
+                seen = d->locks[j].off == off;
+            if (seen || !dkRangeOk(s, off, sizeof(fastMutex)))
+                continue;
+            const objData *o = objectAt(d, off);
+            char name[112], esc[96];
+            if (o) {
+                escapeBytes(o->o.name, strlen(o->o.name), esc, sizeof esc);
+                snprintf(name, sizeof name, "%s \"%s\" +0x%" PRIx64,
+                         typeKind(o->o.type), esc, off - o->o.root);
+            } else {
+                snprintf(name, sizeof name, "lock@0x%" PRIx64, off);
+            }
+            l = addLock(d, name, off);
+            l->rc = fastMutexInspect(s, dkPtr(s, off), &l->st);
+        }
     }
 }
 
@@ -1274,6 +1453,164 @@ static void jsonLock(jsonOut *j, const lockData *l) {
     jsonObjClose(j);
 }
 
+/* The figures of container O, under its type's name. */
+static void jsonContainer(jsonOut *j, const objData *o) {
+    jsonObjOpen(j, typeKind(o->o.type));
+    if (o->statRc != DKSHM_OK) {
+        jsonStr(j, "error", dkshmErrName(o->statRc));
+        jsonStr(j, "message", dkshmStrerror(o->statRc));
+        jsonObjClose(j);
+        return;
+    }
+    switch (o->o.type) {
+    case MULTIDICT_TYPE: {
+        const multidictStats *m = &o->st.md;
+        jsonU64(j, "entries", m->count);
+        jsonU64(j, "entryBytes", m->bytes);
+        jsonU64(j, "tableBytes", m->tableBytes);
+        jsonU64(j, "maxBytes", m->maxBytes);
+        jsonU64(j, "shards", m->shards);
+        jsonDouble(j, "maxLoad", m->maxLoad);
+        jsonU64(j, "minShardCount", m->minShardCount);
+        jsonU64(j, "maxShardCount", m->maxShardCount);
+        jsonU64(j, "slots", m->slots);
+        jsonU64(j, "tombstones", m->tombstones);
+        jsonU64(j, "evictions", m->evictions);
+        jsonU64(j, "expirations", m->expirations);
+        jsonU64(j, "resizes", m->resizes);
+        jsonU64(j, "recoveries", m->recoveries);
+        jsonU64(j, "lockedShards", o->lockedShards);
+        jsonU64(j, "deadOwnerShards", o->deadShards);
+        break;
+    }
+    case MULTIMAP_TYPE: {
+        const multimapStats *m = &o->st.mm;
+        jsonU64(j, "entries", m->count);
+        jsonStr(j, "keyMode",
+                m->keyMode == MULTIMAP_KEYS_INT64 ? "int64" : "bytes");
+        jsonU64(j, "height", m->height);
+        jsonU64(j, "leaves", m->leaves);
+        jsonU64(j, "inner", m->inner);
+        jsonU64(j, "nodeBytes", m->nodeBytes);
+        jsonU64(j, "entryBytes", m->entryBytes);
+        jsonU64(j, "keyBlocks", m->keyBlocks);
+        jsonU64(j, "keyBytes", m->keyBytes);
+        jsonU64(j, "recoveries", m->recoveries);
+        break;
+    }
+    case MULTILIST_TYPE: {
+        const multilistStats *m = &o->st.ml;
+        jsonU64(j, "items", m->count);
+        jsonU64(j, "itemBytes", m->bytes);
+        jsonU64(j, "maxItems", m->maxItems);
+        jsonU64(j, "maxItemBytes", m->maxItemBytes);
+        jsonU64(j, "pushes", m->pushes);
+        jsonU64(j, "pops", m->pops);
+        jsonU64(j, "popWaiters", m->popWaiters);
+        jsonU64(j, "pushWaiters", m->pushWaiters);
+        jsonU64(j, "cachedNodes", m->cachedNodes);
+        jsonU64(j, "cachedBytes", m->cachedBytes);
+        jsonU64(j, "recoveries", m->recoveries);
+        jsonBool(j, "shutdown", m->shutdown);
+        break;
+    }
+    case MULTIARRAY_TYPE: {
+        const multiarrayStats *m = &o->st.ma;
+        jsonU64(j, "elements", m->count);
+        jsonU64(j, "elemSize", m->elemSize);
+        jsonU64(j, "capacity", m->capacity);
+        jsonU64(j, "blockBytes", m->blockBytes);
+        jsonU64(j, "rebuilds", m->rebuilds);
+        jsonU64(j, "recoveries", m->recoveries);
+        break;
+    }
+    default: {
+        const OSRegulateStats *m = &o->st.os;
+        jsonU64(j, "maxHolders", m->maxHolders);
+        jsonU64(j, "held", m->held);
+        jsonU64(j, "ratePerSec", m->ratePerSec);
+        jsonU64(j, "burst", m->burst);
+        jsonU64(j, "tokens", m->tokens);
+        jsonU64(j, "acquired", m->acquired);
+        jsonU64(j, "reclaimed", m->reclaimed);
+        jsonU64(j, "rateDenied", m->rateDenied);
+        break;
+    }
+    }
+    jsonObjClose(j);
+}
+
+/* A line about container O for the text view of info. */
+static void containerText(const objData *o, char *buf, size_t len) {
+    char b1[32], b2[32];
+    if (o->statRc != DKSHM_OK) {
+        snprintf(buf, len, "unreadable: %s", dkshmStrerror(o->statRc));
+        return;
+    }
+    switch (o->o.type) {
+    case MULTIDICT_TYPE: {
+        const multidictStats *m = &o->st.md;
+        int n = snprintf(buf, len,
+                         "%" PRIu64 " entries (%s), %" PRIu32
+                         " shards, max load %.2f",
+                         m->count, fmtBytes(m->bytes, b1), m->shards,
+                         m->maxLoad);
+        if (m->maxBytes && n > 0 && (size_t)n < len)
+            n += snprintf(buf + n, len - (size_t)n, ", cache of %s",
+                          fmtBytes(m->maxBytes, b2));
+        if (o->deadShards && n > 0 && (size_t)n < len)
+            snprintf(buf + n, len - (size_t)n,
+                     ", %" PRIu32 " SHARDS LOCKED BY DEAD processes",
+                     o->deadShards);
+        break;
+    }
+    case MULTIMAP_TYPE: {
+        const multimapStats *m = &o->st.mm;
+        snprintf(buf, len,
+                 "%" PRIu64 " entries, %s keys, height %" PRIu32 ", %" PRIu64
+                 " leaves, %" PRIu64 " inner nodes",
+                 m->count,
+                 m->keyMode == MULTIMAP_KEYS_INT64 ? "int64" : "bytes",
+                 m->height, m->leaves, m->inner);
+        break;
+    }
+    case MULTILIST_TYPE: {
+        const multilistStats *m = &o->st.ml;
+        snprintf(buf, len,
+                 "%" PRIu64 " items (%s)%s, %" PRIu64 " pushed, %" PRIu64
+                 " popped, waiters: %" PRIu32 " pop, %" PRIu32 " push%s",
+                 m->count, fmtBytes(m->bytes, b1),
+                 m->maxItems ? " bounded" : "", m->pushes, m->pops,
+                 m->popWaiters, m->pushWaiters,
+                 m->shutdown ? ", shut down" : "");
+        break;
+    }
+    case MULTIARRAY_TYPE: {
+        const multiarrayStats *m = &o->st.ma;
+        snprintf(buf, len,
+                 "%" PRIu64 " elements of %" PRIu64 " bytes, room for %" PRIu64,
+                 m->count, m->elemSize, m->capacity);
+        break;
+    }
+    default: {
+        const OSRegulateStats *m = &o->st.os;
+        int n = 0;
+        if (m->maxHolders)
+            n = snprintf(buf, len,
+                         "%" PRIu32 " of %" PRIu32 " permits out, %" PRIu64
+                         " acquired, %" PRIu64 " reclaimed from the dead",
+                         m->held, m->maxHolders, m->acquired, m->reclaimed);
+        if (m->ratePerSec && n >= 0 && (size_t)n < len)
+            snprintf(buf + n, len - (size_t)n,
+                     "%srate %" PRIu64 "/s, burst %" PRIu32 ", %" PRIu64
+                     " tokens, %" PRIu64 " denied",
+                     n ? "; " : "", m->ratePerSec, m->burst, m->tokens,
+                     m->rateDenied);
+        break;
+    }
+    }
+}
+
 static void infoJson(const segData *d) {
     char buf[128];
     jsonOut j;
@@ -1366,24 +1703,20 @@ static void infoJson(const segData *d) {
             jsonStr(&j, "typeName", typeKind(o->o.type));
             jsonU64(&j, "root", o->o.root);
             if (o->sized)
-                jsonU64(&j, "bytes", o->bytes);
+                jsonU64(&j, "rootBytes", o->bytes);
+            else
+                jsonNull(&j, "rootBytes");
+            if (o->counted)
+                jsonU64(&j, "count", o->count);
+            else
+                jsonNull(&j, "count");
+            if (o->counted || (!isContainer(o->o.type) && o->sized))
+                jsonU64(&j, "bytes", o->counted ? o->dataBytes : o->bytes);
             else
                 jsonNull(&j, "bytes");
             jsonTime(&j, "created", "createdNs", o->o.createTimeNs);
-#ifdef HAVE_MULTIDICT
-            if (o->o.type == MULTIDICT_TYPE) {
-                jsonObjOpen(&j, "multidict");
-                if (o->dictRc != DKSHM_OK) {
-                    jsonStr(&j, "error", dkshmErrName(o->dictRc));
-                } else {
-                    jsonU64(&j, "entries", o->entries);
-                    jsonU64(&j, "entryBytes", o->entryBytes);
-                    jsonU64(&j, "shards", o->shards);
-                    jsonDouble(&j, "maxLoad", o->maxLoad);
-                }
-                jsonObjClose(&j);
-            }
-#endif
+            if (isContainer(o->o.type))
+                jsonContainer(&j, o);
             jsonObjClose(&j);
         }
         jsonArrClose(&j);
@@ -1517,31 +1850,31 @@ static void infoText(const segData *d) {
     if (d->objRc == DKSHM_OK) {
         printf("\nobjects (%zu)\n", d->nobjs);
         if (d->nobjs) {
-            tableInit(&t, 2, "<NAME <TYPE >ROOT >BYTES <CREATED <CONTENTS");
+            tableInit(&t, 2,
+                      "<NAME <TYPE >ROOT >COUNT >BYTES <CREATED <CONTENTS");
             for (size_t i = 0; i < d->nobjs; i++) {
                 const objData *o = &d->objs[i];
-                char esc[160];
+                char esc[160], what[256];
                 escapeBytes(o->o.name, strlen(o->o.name), esc, sizeof esc);
                 tableCell(&t, "%s", esc);
                 tableCell(&t, "%s", typeName(o->o.type, b1));
                 tableCell(&t, "0x%" PRIx64, o->o.root);
-                if (o->sized)
-                    tableCell(&t, "%" PRIu64, o->bytes);
+                if (o->counted)
+                    tableCell(&t, "%" PRIu64, o->count);
+                else
+                    tableCell(&t, "-");
+                if (o->counted || (!isContainer(o->o.type) && o->sized))
+                    tableCell(&t, "%s",
+                              fmtBytes(o->counted ? o->dataBytes : o->bytes,
+                                       b1));
                 else
                     tableCell(&t, "?");
                 tableCell(&t, "%s", fmtTimeLocal(o->o.createTimeNs, b2));
-#ifdef HAVE_MULTIDICT
-                if (o->o.type == MULTIDICT_TYPE && o->dictRc == DKSHM_OK)
-                    tableCell(&t,
-                              "%" PRIu64 " entries (%s), %" PRIu32
-                              " shards, max load %.2f",
-                              o->entries, fmtBytes(o->entryBytes, b1),
-                              o->shards, o->maxLoad);
-                else if (o->o.type == MULTIDICT_TYPE)
-                    tableCell(&t, "unreadable: %s", dkshmStrerror(o->dictRc));
+                if (isContainer(o->o.type))
+                    containerText(o, what, sizeof what);
                 else
-#endif
-                    tableCell(&t, "-");
+                    snprintf(what, sizeof what, "-");
+                tableCell(&t, "%s", what);
             }
             tablePrint(&t, stdout);
             tableFree(&t);
@@ -1619,9 +1952,12 @@ static int cmdInfo(const command *c, int argc, char **argv) {
 enum { ISSUE_PROBLEM, ISSUE_WARNING, ISSUE_UNCHECKED };
 
 /* What an issue is about: the tables (header, process table, directory,
- * read through the directory's seqlock) or the allocator (read without any
- * consistency guarantee: a busy allocator can look broken). */
-enum { AREA_TABLES, AREA_ALLOC };
+ * read through the directory's seqlock), the allocator (read without any
+ * consistency guarantee: a busy allocator can look broken), or the
+ * containers and the ownership of blocks (each container checks itself
+ * optimistically; who owns which block is only known while nothing moves
+ * blocks between owners). */
+enum { AREA_TABLES, AREA_ALLOC, AREA_CONTAINERS, AREAS };
 
 typedef struct issue { /* per process */
     int kind;
@@ -1672,53 +2008,80 @@ static void issuesFree(issues *l) {
     memset(l, 0, sizeof *l);
 }
 
-/* Something that owns a block: an in-flight entry or a directory root. */
+/* Something that owns a block: an in-flight entry, a directory root, or a
+ * container (one of the blocks its walk reaches). */
+enum { OWN_INFLIGHT, OWN_ROOT, OWN_BLOCK };
+
 typedef struct owner { /* per process */
     dkoff off;
-    bool inflight;
+    int what;       /* OWN_... */
     uint32_t slot;  /* in-flight: the process slot */
-    uint32_t entry; /* root: the directory entry */
+    uint32_t entry; /* root, block: the directory entry */
+    dkoff group;    /* root, block: the object's root (its identity) */
+    uint64_t bytes; /* block: the bytes it needs (0: unknown) */
+    int kind;       /* block: what it is in its container */
 } owner;
 
 static int compareOwners(const void *a, const void *b) {
     const owner *x = a, *y = b;
     if (x->off != y->off)
         return x->off < y->off ? -1 : 1;
-    return (int)x->inflight - (int)y->inflight;
+    return x->what - y->what;
 }
 
-typedef struct offList { /* per process: sorted live allocations */
-    dkoff *v;
+/* Append O to *V (N entries): the array doubles at powers of two. */
+static bool pushOwner(owner **v, size_t *n, owner o) {
+    if (*n == 0 || (*n >= 8 && (*n & (*n - 1)) == 0)) {
+        owner *w = scratchRealloc(*v, (*n ? 2 * *n : 8) * sizeof *w);
+        if (!w)
+            return false;
+        *v = w;
+    }
+    (*v)[(*n)++] = o;
+    return true;
+}
+
+typedef struct allocation { /* per process */
+    dkoff off;
+    uint64_t size;
+} allocation;
+
+typedef struct offList { /* per process: live allocations, in order */
+    allocation *v;
     size_t n, cap;
 } offList;
 
 static int collectAllocation(void *ctx, dkoff off, uint64_t size) {
-    (void)size;
     offList *l = ctx;
     if (l->n == l->cap) {
         size_t cap = l->cap ? 2 * l->cap : 1024;
-        dkoff *v = scratchRealloc(l->v, cap * sizeof *v);
+        allocation *v = scratchRealloc(l->v, cap * sizeof *v);
         if (!v)
             return DKSHM_SYSTEM;
         l->v = v;
         l->cap = cap;
     }
-    l->v[l->n++] = off;
+    l->v[l->n++] = (allocation){off, size};
     return 0;
 }
 
-static bool isAllocation(const offList *l, dkoff off) {
+/* The index of the allocation at OFF, or -1. */
+static ssize_t findAllocation(const offList *l, dkoff off) {
     size_t lo = 0, hi = l->n;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        if (l->v[mid] == off)
-            return true;
-        if (l->v[mid] < off)
+        if (l->v[mid].off == off)
+            return (ssize_t)mid;
+        if (l->v[mid].off < off)
             lo = mid + 1;
         else
             hi = mid;
     }
-    return false;
+    return -1;
+}
+
+static bool isAllocation(const offList *l, dkoff off) {
+    return findAllocation(l, off) >= 0;
 }
 
 typedef struct checkCtx { /* per process: one attempt */
@@ -1730,6 +2093,18 @@ typedef struct checkCtx { /* per process: one attempt */
     uint32_t objects;
     bool allocChecked;
     uint64_t allocations;
+    bool contChanged;   /* a container changed while we looked */
+    uint32_t containers; /* containers checked */
+    bool ownership;     /* every allocation was matched to its owner */
+    uint64_t leaks, leakBytes;
+    /* Gathered on the way for the ownership check. */
+    offList live;       /* live allocations (allocator walked) */
+    bool liveOk;
+    bool walkIncomplete; /* a container's blocks could not all be walked */
+    bool userObjects;    /* objects whose blocks the tool cannot walk */
+    bool deadLocks;      /* a dead process holds a lock: mid-operation */
+    bool liveProcs;      /* a live process is attached */
+    uint64_t leakSig;    /* of the leaks' offsets */
 } checkCtx;
 
 static uint64_t pidMax(void) {
@@ -1891,6 +2266,8 @@ static void checkProcs(checkCtx *c, const dkHeader *h, const uint8_t *meta,
         else if (!alive)
             addIssue(o, ISSUE_WARNING, where,
                      "process is dead and not reaped yet ('dkshm-tool reap')");
+        if (alive)
+            c->liveProcs = true;
         for (int k = 0; k < DK_INFLIGHT_MAX; k++) {
             dkoff off = p->inflight[k];
             /* DK_INFLIGHT_CLAIMED: a thread claimed the entry and had not
@@ -1904,12 +2281,8 @@ static void checkProcs(checkCtx *c, const dkHeader *h, const uint8_t *meta,
                          k, off);
                 continue;
             }
-            owner *v = scratchRealloc(*owners, (*nowners + 1) * sizeof *v);
-            if (!v)
-                continue;
-            *owners = v;
-            v[*nowners] = (owner){.off = off, .inflight = true, .slot = i};
-            (*nowners)++;
+            pushOwner(owners, nowners,
+                      (owner){.off = off, .what = OWN_INFLIGHT, .slot = i});
         }
         for (int k = 0; k < DKSHM_READ_SLOTS; k++) {
             uint64_t e = p->rdHold[k];
@@ -1922,11 +2295,23 @@ static void checkProcs(checkCtx *c, const dkHeader *h, const uint8_t *meta,
         }
         for (int k = 0; k < DK_HELD_MAX; k++) {
             uint64_t off = p->held[k];
-            if (off && (off & 7 || off + sizeof(fastMutex) > h->capacity))
+            if (off && (off & 7 || off + sizeof(fastMutex) > h->capacity)) {
                 addIssue(o, ISSUE_PROBLEM, where,
                          "held-lock entry %d: 0x%" PRIx64
                          " is not a lock inside the segment",
                          k, off);
+                continue;
+            }
+            /* A dead process still named by the lock it recorded: its
+             * operation is half done until recovery rolls it back. */
+            if (off && !alive && dkRangeOk(c->s, off, sizeof(fastMutex))) {
+                const fastMutex *m = dkPtr(c->s, off);
+                uint32_t lw = __atomic_load_n(&m->word, __ATOMIC_RELAXED) &
+                              DK_ID_MASK;
+                if (lw && !(lw & DK_ID_RAWPID) &&
+                    (lw & ((1u << DK_ID_SLOT_BITS) - 1)) == i)
+                    c->deadLocks = true;
+            }
         }
     }
 }
@@ -1980,25 +2365,19 @@ static void checkDirectory(checkCtx *c, const dkHeader *h, const uint8_t *meta,
                      "root 0x%" PRIx64 " is outside the heap [0x%" PRIx64
                      ", 0x%" PRIx64 ")",
                      e->root, h->heap, h->heap + h->heapSize);
-        else {
-            owner *v = scratchRealloc(*owners, (*nowners + 1) * sizeof *v);
-            if (v) {
-                *owners = v;
-                v[*nowners] = (owner){.off = e->root, .entry = i};
-                (*nowners)++;
-            }
-        }
-        if (e->type < DKSHM_TYPE_USER) {
-            if (e->type < KNOWN_TYPES)
-                addIssue(o, ISSUE_UNCHECKED, where,
-                         "%s: this tool has no checker for the type yet",
-                         typeNames[e->type]);
-            else
-                addIssue(o, ISSUE_WARNING, where,
-                         "unknown dkshm type %" PRIu32
-                         " (made by a newer version?): not checked",
-                         e->type);
-        }
+        else
+            pushOwner(owners, nowners,
+                      (owner){.off = e->root,
+                              .what = OWN_ROOT,
+                              .entry = i,
+                              .group = e->root});
+        if (!isContainer(e->type))
+            c->userObjects = true;
+        if (e->type < DKSHM_TYPE_USER && !isContainer(e->type))
+            addIssue(o, ISSUE_WARNING, where,
+                     "unknown dkshm type %" PRIu32
+                     " (made by a newer version?): not checked",
+                     e->type);
     }
     c->objects = live;
     if (sh->objects != live)
@@ -2046,7 +2425,7 @@ static void checkAllocator(checkCtx *c, const dkHeader *sh, const owner *owners,
     o->area = AREA_ALLOC;
     if (root == 0) {
         for (size_t i = 0; i < nowners; i++)
-            if (owners[i].inflight) {
+            if (owners[i].what == OWN_INFLIGHT) {
                 char where[64];
                 snprintf(where, sizeof where, "process slot %" PRIu32,
                          owners[i].slot);
@@ -2085,6 +2464,8 @@ static void checkAllocatorLocked(checkCtx *c, const dkHeader *sh,
     fastMutexState ls;
     int rc = memboundLockState(m, &ls);
     bool deadOwner = rc == DKSHM_OK && ls.held && ls.ownerDead;
+    if (deadOwner)
+        c->deadLocks = true;
     if (rc != DKSHM_OK)
         addIssue(o, ISSUE_PROBLEM, "allocator lock", "unreadable: %s",
                  dkshmStrerror(rc));
@@ -2124,8 +2505,11 @@ static void checkAllocatorLocked(checkCtx *c, const dkHeader *sh,
         return;
     }
     c->allocations = live.n;
+    c->live = live;
+    c->liveOk = true;
     for (size_t i = 0; i < nowners; i++) {
-        if (!owners[i].inflight || isAllocation(&live, owners[i].off))
+        if (owners[i].what != OWN_INFLIGHT ||
+            isAllocation(&live, owners[i].off))
             continue;
         char where[64];
         snprintf(where, sizeof where, "process slot %" PRIu32, owners[i].slot);
@@ -2133,39 +2517,399 @@ static void checkAllocatorLocked(checkCtx *c, const dkHeader *sh,
                  "in-flight block 0x%" PRIx64 " is not a live allocation",
                  owners[i].off);
     }
-    scratchFree(live.v);
 }
 
-/* One block, one owner: no block in two in-flight lists, or in flight and
- * bound to a name at once. */
+/* The escaped name of directory entry ENTRY of the snapshot. */
+static const char *entryName(const uint8_t *meta, const dkHeader *h,
+                             uint32_t entry, char *esc, size_t len) {
+    const dkDirEntry *e = (const dkDirEntry *)(meta + h->directory) + entry;
+    const char *nul = memchr(e->name, '\0', sizeof e->name);
+    escapeBytes(e->name, nul ? (size_t)(nul - e->name) : sizeof e->name, esc,
+                len);
+    return esc;
+}
+
+static const char *blockKindName(uint32_t type, int kind) {
+    switch (type) {
+    case MULTIDICT_TYPE:
+        return kind == MULTIDICT_BLOCK_ROOT    ? "root"
+               : kind == MULTIDICT_BLOCK_TABLE ? "shard table"
+                                               : "entry";
+    case MULTIMAP_TYPE:
+        return kind == MULTIMAP_BLOCK_HEADER ? "header"
+               : kind == MULTIMAP_BLOCK_NODE ? "node"
+               : kind == MULTIMAP_BLOCK_KEY  ? "separator key"
+                                             : "entry";
+    case MULTILIST_TYPE:
+        return kind == MULTILIST_BLOCK_ROOT   ? "root"
+               : kind == MULTILIST_BLOCK_NODE ? "node"
+                                              : "cached node";
+    case MULTIARRAY_TYPE:
+        return kind == MULTIARRAY_BLOCK_ROOT ? "root" : "element block";
+    default:
+        return "root";
+    }
+}
+
+/* "in flight in slot N", "object \"X\"" or "the TYPE-block of object \"X\"":
+ * who O is, for a message. */
+static void ownerText(const checkCtx *c, const uint8_t *meta,
+                      const dkHeader *h, const owner *o, char *buf,
+                      size_t len) {
+    (void)c;
+    char esc[128];
+    if (o->what == OWN_INFLIGHT) {
+        snprintf(buf, len, "in flight in slot %" PRIu32, o->slot);
+        return;
+    }
+    const dkDirEntry *e = (const dkDirEntry *)(meta + h->directory) + o->entry;
+    entryName(meta, h, o->entry, esc, sizeof esc);
+    if (o->what == OWN_ROOT)
+        snprintf(buf, len, "bound to object \"%s\"", esc);
+    else
+        snprintf(buf, len, "%s of %s \"%s\"", blockKindName(e->type, o->kind),
+                 typeKind(e->type), esc);
+}
+
+/* One block, one owner: no block in two in-flight lists, in flight and
+ * bound to a name or part of a container at once, or part of two
+ * containers. Owners of one object (its directory root and the blocks its
+ * walk reaches; two names bound to one root) are one owner. */
 static void checkOwners(checkCtx *c, const uint8_t *meta, const dkHeader *h,
                         owner *owners, size_t n) {
-    const dkDirEntry *dir = (const dkDirEntry *)(meta + h->directory);
     if (n < 2)
         return;
     qsort(owners, n, sizeof *owners, compareOwners);
     for (size_t i = 1; i < n; i++) {
         const owner *a = &owners[i - 1], *b = &owners[i];
-        if (a->off != b->off || (!a->inflight && !b->inflight))
-            continue; /* two names may share a root: not a block's owner */
-        char where[64];
+        if (a->off != b->off)
+            continue;
+        if (a->what != OWN_INFLIGHT && b->what != OWN_INFLIGHT &&
+            a->group == b->group)
+            continue;
+        if (a->what == OWN_INFLIGHT && b->what == OWN_INFLIGHT &&
+            a->slot == b->slot)
+            continue;
+        char where[64], ta[192], tb[192];
         snprintf(where, sizeof where, "block 0x%" PRIx64, a->off);
-        if (a->inflight && b->inflight)
-            addIssue(&c->out, ISSUE_PROBLEM, where,
+        c->out.area = a->what == OWN_BLOCK || b->what == OWN_BLOCK
+                          ? AREA_CONTAINERS
+                          : AREA_TABLES;
+        int kind = c->out.area == AREA_CONTAINERS && c->deadLocks
+                       ? ISSUE_WARNING
+                       : ISSUE_PROBLEM;
+        if (a->what == OWN_INFLIGHT && b->what == OWN_INFLIGHT) {
+            addIssue(&c->out, kind, where,
                      "in the in-flight lists of slots %" PRIu32 " and %" PRIu32,
                      a->slot, b->slot);
-        else {
-            const owner *r = a->inflight ? b : a, *f = a->inflight ? a : b;
-            char esc[128];
-            const dkDirEntry *e = &dir[r->entry];
-            const char *nul = memchr(e->name, '\0', sizeof e->name);
-            escapeBytes(e->name, nul ? (size_t)(nul - e->name) : sizeof e->name,
-                        esc, sizeof esc);
-            addIssue(&c->out, ISSUE_PROBLEM, where,
-                     "bound to object \"%s\" and in flight in slot %" PRIu32,
-                     esc, f->slot);
+        } else {
+            /* The object first: "bound to object "x" and in flight in
+             * slot 3". */
+            const owner *x = a->what == OWN_INFLIGHT ? b : a;
+            const owner *y = x == a ? b : a;
+            ownerText(c, meta, h, x, ta, sizeof ta);
+            ownerText(c, meta, h, y, tb, sizeof tb);
+            addIssue(&c->out, kind, where, "%s and %s%s", ta, tb,
+                     kind == ISSUE_WARNING
+                         ? " (a dead process's interrupted operation, which "
+                           "recovery rolls back, may explain it)"
+                         : "");
         }
     }
+    c->out.area = AREA_TABLES;
+}
+
+/* What a container's walk reports, before it joins the owners. */
+typedef struct blockList { /* per process */
+    owner *v;
+    size_t n;
+    int rc; /* of growing the list */
+} blockList;
+
+static int collectBlock(void *ctx, dkoff off, uint64_t bytes, int kind) {
+    blockList *l = ctx;
+    if (!pushOwner(&l->v, &l->n,
+                   (owner){.off = off, .what = OWN_BLOCK, .bytes = bytes,
+                           .kind = kind})) {
+        l->rc = DKSHM_SYSTEM;
+        return DKSHM_SYSTEM;
+    }
+    return 0;
+}
+
+/* A summary of container C's statistics that changes when its contents
+ * do (fields that move with the clock left out). */
+static uint64_t contFingerprint(contHandle *c) {
+    uint64_t v[12] = {0};
+    switch (c->type) {
+    case MULTIDICT_TYPE: {
+        multidictStats st;
+        if (multidictGetStats(c->h.md, &st) == DKSHM_OK) {
+            v[0] = st.count, v[1] = st.bytes, v[2] = st.tableBytes;
+            v[3] = st.slots, v[4] = st.tombstones, v[5] = st.evictions;
+            v[6] = st.expirations, v[7] = st.resizes, v[8] = st.recoveries;
+        }
+        break;
+    }
+    case MULTIMAP_TYPE: {
+        multimapStats st;
+        if (multimapGetStats(c->h.mm, &st) == DKSHM_OK) {
+            v[0] = st.count, v[1] = st.height, v[2] = st.leaves;
+            v[3] = st.inner, v[4] = st.nodeBytes, v[5] = st.entryBytes;
+            v[6] = st.keyBlocks, v[7] = st.keyBytes, v[8] = st.recoveries;
+        }
+        break;
+    }
+    case MULTILIST_TYPE: {
+        multilistStats st;
+        if (multilistGetStats(c->h.ml, &st) == DKSHM_OK) {
+            v[0] = st.count, v[1] = st.bytes, v[2] = st.pushes;
+            v[3] = st.pops, v[4] = st.cachedNodes, v[5] = st.cachedBytes;
+            v[6] = st.recoveries, v[7] = st.shutdown;
+        }
+        break;
+    }
+    case MULTIARRAY_TYPE: {
+        multiarrayStats st;
+        if (multiarrayGetStats(c->h.ma, &st) == DKSHM_OK) {
+            v[0] = st.count, v[1] = st.capacity, v[2] = st.blockBytes;
+            v[3] = st.rebuilds, v[4] = st.recoveries;
+        }
+        break;
+    }
+    default: {
+        OSRegulateStats st;
+        if (OSRegulateGetStats(c->h.os, &st) == DKSHM_OK) {
+            v[0] = st.held, v[1] = st.acquired, v[2] = st.reclaimed;
+            v[3] = st.rateDenied;
+        }
+        break;
+    }
+    }
+    return XXH3_64bits(v, sizeof v);
+}
+
+/* Container C's own check: OK, or an error with WHY. */
+static int contCheck(contHandle *c, char *why, size_t len) {
+    switch (c->type) {
+    case MULTIDICT_TYPE:
+        return multidictCheck(c->h.md, why, len);
+    case MULTIMAP_TYPE:
+        return multimapCheck(c->h.mm, why, len);
+    case MULTILIST_TYPE:
+        return multilistCheck(c->h.ml, why, len);
+    case MULTIARRAY_TYPE:
+        return multiarrayCheck(c->h.ma, why, len);
+    default:
+        return OSRegulateCheck(c->h.os, why, len);
+    }
+}
+
+/* The blocks of container C (root ROOT), into L. */
+static int contWalk(contHandle *c, dkoff root, blockList *l) {
+    switch (c->type) {
+    case MULTIDICT_TYPE:
+        return multidictForEachBlock(c->h.md, collectBlock, l);
+    case MULTIMAP_TYPE:
+        return multimapForEachBlock(c->h.mm, collectBlock, l);
+    case MULTILIST_TYPE:
+        return multilistForEachBlock(c->h.ml, collectBlock, l);
+    case MULTIARRAY_TYPE:
+        return multiarrayForEachBlock(c->h.ma, collectBlock, l);
+    default:
+        /* A regulator is its root block. */
+        return collectBlock(l, root, 0, 1);
+    }
+}
+
+static dkoff contRootOff(contHandle *c, dkoff root) {
+    switch (c->type) {
+    case MULTIDICT_TYPE:
+        return multidictRootOff(c->h.md);
+    case MULTIMAP_TYPE:
+        return multimapRootOff(c->h.mm);
+    case MULTILIST_TYPE:
+        return multilistRootOff(c->h.ml);
+    case MULTIARRAY_TYPE:
+        return multiarrayRootOff(c->h.ma);
+    default:
+        return root; /* OSRegulate does not say */
+    }
+}
+
+static int compareOwnerOffs(const void *a, const void *b) {
+    const owner *x = a, *y = b;
+    return x->off < y->off ? -1 : x->off > y->off;
+}
+
+/* Every container of the snapshot's directory: its own check (opened
+ * read-only, which checks optimistically), then the walk of its blocks,
+ * which become owners. */
+static void checkContainers(checkCtx *c, const dkHeader *h,
+                            const uint8_t *meta, owner **owners,
+                            size_t *nowners) {
+    issues *o = &c->out;
+    dkshm *s = c->s;
+    const dkDirEntry *dir = (const dkDirEntry *)(meta + h->directory);
+    o->area = AREA_CONTAINERS;
+    for (uint32_t i = 0; i < h->maxObjects; i++) {
+        const dkDirEntry *e = &dir[i];
+        if (!isContainer(e->type) ||
+            !memchr(e->name, '\0', sizeof e->name) ||
+            dkshmValidateObjectName(e->name) != DKSHM_OK ||
+            e->root < h->heap || e->root >= h->heap + h->heapSize)
+            continue; /* the directory's check reported it */
+        char where[160];
+        snprintf(where, sizeof where, "%s \"%s\"", typeNames[e->type],
+                 e->name);
+        contHandle ch;
+        int rc = contOpen(s, e->name, e->type, &ch);
+        if (rc != DKSHM_OK) {
+            c->walkIncomplete = true;
+            if (rc == DKSHM_NOTFOUND || rc == DKSHM_TYPE)
+                c->tablesChanged = true; /* gone or replaced meanwhile */
+            else if (rc == DKSHM_CORRUPT || rc == DKSHM_VERSION)
+                addIssue(o, ISSUE_PROBLEM, where,
+                         "cannot be opened: %s (its root block at 0x%" PRIx64
+                         " is damaged)",
+                         dkshmStrerror(rc), e->root);
+            else {
+                if (rc == DKSHM_BUSY)
+                    c->contChanged = true;
+                addIssue(o, ISSUE_WARNING, where,
+                         "cannot be opened: %s: not checked",
+                         dkshmStrerror(rc));
+            }
+            continue;
+        }
+        if (contRootOff(&ch, e->root) != e->root) {
+            /* The name was bound to another root since the snapshot. */
+            c->tablesChanged = true;
+            c->walkIncomplete = true;
+            contClose(&ch);
+            continue;
+        }
+        c->containers++;
+        uint64_t before = contFingerprint(&ch);
+        char why[256] = "";
+        rc = contCheck(&ch, why, sizeof why);
+        if (rc == DKSHM_CORRUPT)
+            addIssue(o, c->deadLocks ? ISSUE_WARNING : ISSUE_PROBLEM, where,
+                     "%s%s", *why ? why : "damaged",
+                     c->deadLocks ? " (a dead process holds a lock: recovery "
+                                    "may repair it; 'dkshm-tool reap')"
+                                  : "");
+        else if (rc == DKSHM_BUSY) {
+            c->contChanged = true;
+            addIssue(o, ISSUE_WARNING, where,
+                     "kept changing, or is locked by a dead process not "
+                     "recovered yet ('dkshm-tool reap'): not checked");
+        } else if (rc != DKSHM_OK)
+            addIssue(o, ISSUE_WARNING, where, "not checked: %s",
+                     *why ? why : dkshmStrerror(rc));
+        blockList bl = {0};
+        rc = contWalk(&ch, e->root, &bl);
+        if (rc != DKSHM_OK || bl.rc != DKSHM_OK) {
+            c->walkIncomplete = true;
+            if (rc == DKSHM_BUSY)
+                c->contChanged = true;
+            if (rc != DKSHM_CORRUPT || c->out.count[ISSUE_PROBLEM] == 0)
+                addIssue(o, ISSUE_WARNING, where,
+                         "its blocks could not all be walked (%s): "
+                         "ownership not checked",
+                         dkshmStrerror(bl.rc ? bl.rc : rc));
+        } else {
+            /* A read-only walk may be retried by the container and
+             * report a block again: once per object. */
+            qsort(bl.v, bl.n, sizeof *bl.v, compareOwnerOffs);
+            for (size_t k = 0; k < bl.n; k++) {
+                if (k && bl.v[k].off == bl.v[k - 1].off)
+                    continue;
+                owner w = bl.v[k];
+                w.entry = i;
+                w.group = e->root;
+                pushOwner(owners, nowners, w);
+            }
+        }
+        scratchFree(bl.v);
+        if (contFingerprint(&ch) != before)
+            c->contChanged = true;
+        contClose(&ch);
+    }
+    o->area = AREA_TABLES;
+}
+
+/* Every live allocation owned (RECOVERY.md section 1): a block nobody owns
+ * is a leak; a container block must be a live allocation large enough.
+ * OWNERS is sorted by offset. */
+static void checkLeaks(checkCtx *c, const uint8_t *meta, const dkHeader *h,
+                       const owner *owners, size_t n) {
+    issues *o = &c->out;
+    if (!c->liveOk)
+        return;
+    o->area = AREA_CONTAINERS;
+    if (c->walkIncomplete) {
+        addIssue(o, ISSUE_WARNING, "ownership",
+                 "not every container could be walked: leaks not looked for");
+        o->area = AREA_TABLES;
+        return;
+    }
+    c->ownership = true;
+    const offList *live = &c->live;
+    const char *maybe =
+        c->deadLocks
+            ? " (a dead process's interrupted operation, which recovery "
+              "rolls back, may own it: 'dkshm-tool reap')"
+        : c->userObjects ? " (an application object, whose blocks the tool "
+                           "cannot walk, may own it)"
+                         : "";
+    int kind = *maybe ? ISSUE_WARNING : ISSUE_PROBLEM;
+    for (size_t i = 0; i < n; i++) {
+        const owner *w = &owners[i];
+        if (w->what != OWN_BLOCK || (i && owners[i - 1].off == w->off &&
+                                     owners[i - 1].what == OWN_BLOCK))
+            continue;
+        ssize_t k = findAllocation(live, w->off);
+        char where[64], who[192];
+        snprintf(where, sizeof where, "block 0x%" PRIx64, w->off);
+        ownerText(c, meta, h, w, who, sizeof who);
+        if (k < 0)
+            addIssue(o, c->deadLocks ? ISSUE_WARNING : ISSUE_PROBLEM, where,
+                     "%s, but not a live allocation", who);
+        else if (w->bytes > live->v[k].size)
+            addIssue(o, c->deadLocks ? ISSUE_WARNING : ISSUE_PROBLEM, where,
+                     "%s needs %" PRIu64 " bytes, its allocation has %" PRIu64,
+                     who, w->bytes, live->v[k].size);
+    }
+    /* Allocations in order, owners in order: one merge. An owner inside
+     * an allocation (an application root bound to an interior offset)
+     * owns it too. */
+    size_t j = 0, shown = 0;
+    for (size_t i = 0; i < live->n; i++) {
+        const allocation *a = &live->v[i];
+        while (j < n && owners[j].off < a->off)
+            j++;
+        if (j < n && owners[j].off - a->off < a->size)
+            continue;
+        c->leaks++;
+        c->leakBytes += a->size;
+        c->leakSig = c->leakSig * 1099511628211ull + a->off;
+        if (shown++ < 16) {
+            char where[64];
+            snprintf(where, sizeof where, "block 0x%" PRIx64, a->off);
+            addIssue(o, kind, where,
+                     "live allocation of %" PRIu64
+                     " bytes owned by no container, object or in-flight "
+                     "list: leaked%s",
+                     a->size, maybe);
+        }
+    }
+    if (shown > 16)
+        addIssue(o, kind, "allocator",
+                 "%zu more leaked allocations (%" PRIu64 " leaked blocks, "
+                 "%" PRIu64 " bytes in all)%s",
+                 shown - 16, c->leaks, c->leakBytes, maybe);
+    o->area = AREA_TABLES;
 }
 
 /* The words of the process table that say who is attached and what it
@@ -2183,6 +2927,26 @@ static uint64_t procFingerprint(dkshm *s, const dkHeader *h) {
     return acc;
 }
 
+/* What every attached process has done: the sum of the counters that
+ * grow with each change (allocations and frees, and with WRITES the
+ * containers' writes). The
+ * allocator's own change detection can miss an allocation and a free that
+ * restore its metadata word for word; these only grow. */
+static uint64_t activity(dkshm *s, bool writes) {
+    uint64_t sum = 0;
+    for (uint32_t i = 0; i < s->maxProcs; i++) {
+        const dkProcSlot *p = dkSlotAt(s, i);
+        sum += __atomic_load_n(&p->counters[DKSHM_CTR_ALLOCS],
+                               __ATOMIC_RELAXED) +
+               __atomic_load_n(&p->counters[DKSHM_CTR_FREES],
+                               __ATOMIC_RELAXED);
+        if (writes)
+            sum += __atomic_load_n(&p->counters[DKSHM_CTR_WRITES],
+                                   __ATOMIC_RELAXED);
+    }
+    return sum;
+}
+
 #define SNAPSHOT_TRIES 2000
 
 static void checkFn(void *ctx) {
@@ -2197,6 +2961,7 @@ static void checkFn(void *ctx) {
         return;
     }
     uint64_t finger = procFingerprint(s, &h);
+    uint64_t act = activity(s, true), allocAct = activity(s, false);
     size_t allocBefore = 0, usedBefore = 0;
     membound *m0 = h.allocRoot ? allocatorOf(s) : NULL;
     if (m0) {
@@ -2299,12 +3064,22 @@ static void checkFn(void *ctx) {
     checkDirectory(c, &h, meta, &owners, &nowners);
     checkAllocator(c, sh, owners, nowners);
     c->out.area = AREA_TABLES;
+    if (deadWriter || (dl.held && dl.ownerDead))
+        c->deadLocks = true;
+    checkContainers(c, &h, meta, &owners, &nowners);
     checkOwners(c, meta, &h, owners, nowners);
+    checkLeaks(c, meta, &h, owners, nowners);
     scratchFree(owners);
     scratchFree(meta);
+    scratchFree(c->live.v);
+    c->live = (offList){0};
 
     if (procFingerprint(s, &h) != finger)
         c->tablesChanged = true;
+    if (activity(s, true) != act)
+        c->contChanged = true;
+    if (activity(s, false) != allocAct)
+        c->allocChanged = true;
     if (m0 && (memboundCurrentAllocationCount(m0) != allocBefore ||
                memboundBytesUsed(m0) != usedBefore))
         c->allocChanged = true;
@@ -2343,7 +3118,11 @@ static void checkRender(const char *name, const checkCtx *c, int attempts,
         jsonU64(&j, "objects", c->objects);
         jsonBool(&j, "allocator", c->allocChecked);
         jsonU64(&j, "allocations", c->allocations);
+        jsonU64(&j, "containers", c->containers);
+        jsonBool(&j, "ownership", c->ownership);
         jsonObjClose(&j);
+        jsonU64(&j, "leakedBlocks", c->leaks);
+        jsonU64(&j, "leakedBytes", c->leakBytes);
         jsonU64(&j, "attempts", (uint64_t)attempts);
         jsonObjClose(&j);
         jsonEnd(&j);
@@ -2369,6 +3148,11 @@ static void checkRender(const char *name, const checkCtx *c, int attempts,
     if (c->allocChecked)
         printf(", allocator (%" PRIu64 " allocation%s)", c->allocations,
                c->allocations == 1 ? "" : "s");
+    if (c->containers)
+        printf(", %" PRIu32 " container%s", c->containers,
+               c->containers == 1 ? "" : "s");
+    if (c->ownership)
+        printf(", ownership");
     if (l->count[ISSUE_UNCHECKED])
         printf("; %zu object%s not checked", l->count[ISSUE_UNCHECKED],
                l->count[ISSUE_UNCHECKED] == 1 ? "" : "s");
@@ -2393,7 +3177,13 @@ static int cmdCheck(const command *c, int argc, char **argv) {
      * its problems turned into warnings. */
     checkCtx cc, result;
     memset(&result, 0, sizeof result);
-    bool haveArea[2] = {false, false};
+    bool haveArea[AREAS] = {false, false, false};
+    /* A live process may hold a block between two calls that no walk can
+     * see (a plain memboundAlloc): with live processes attached, leaks
+     * are believed when two quiet attempts some time apart find the same
+     * ones. */
+    uint64_t leakSig = 0;
+    bool haveLeakSig = false;
     int attempt = 0;
     for (;;) {
         attempt++;
@@ -2408,14 +3198,28 @@ static int cmdCheck(const command *c, int argc, char **argv) {
                 jsonError(name, DKSHM_CORRUPT, faultText, EXIT_OPEN);
             return EXIT_OPEN;
         }
-        bool changed[2] = {cc.tablesChanged, cc.allocChanged};
+        /* Who owns a block is only known while no block moves: any
+         * change casts doubt on the containers' area. */
+        bool changed[AREAS] = {cc.tablesChanged, cc.allocChanged,
+                               cc.contChanged || cc.allocChanged ||
+                                   cc.tablesChanged};
+        bool confirming = false;
+        if (!changed[AREA_CONTAINERS] && cc.liveProcs && cc.leaks &&
+            !haveArea[AREA_CONTAINERS]) {
+            if (!haveLeakSig || leakSig != cc.leakSig) {
+                changed[AREA_CONTAINERS] = true;
+                confirming = true;
+            }
+            leakSig = cc.leakSig;
+            haveLeakSig = true;
+        }
         bool last = attempt == CHECK_ATTEMPTS;
         if (attempt == 1 && cc.out.count[ISSUE_PROBLEM] == 0) {
             result = cc;
             break;
         }
         bool done = true;
-        for (int area = 0; area < 2; area++) {
+        for (int area = 0; area < AREAS; area++) {
             if (haveArea[area])
                 continue;
             if (changed[area] && !last) {
@@ -2431,8 +3235,9 @@ static int cmdCheck(const command *c, int argc, char **argv) {
                     addIssue(&result.out, ISSUE_WARNING, v->where,
                              "inconclusive (%s changed during every "
                              "attempt): %s",
-                             area == AREA_ALLOC ? "the allocator"
-                                                : "the tables",
+                             area == AREA_ALLOC        ? "the allocator"
+                             : area == AREA_CONTAINERS ? "the containers"
+                                                       : "the tables",
                              v->what);
                 else
                     addIssue(&result.out, v->kind, v->where, "%s", v->what);
@@ -2443,11 +3248,15 @@ static int cmdCheck(const command *c, int argc, char **argv) {
         result.objects = cc.objects;
         result.allocChecked = cc.allocChecked;
         result.allocations = cc.allocations;
+        result.containers = cc.containers;
+        result.ownership = cc.ownership;
+        result.leaks = cc.leaks;
+        result.leakBytes = cc.leakBytes;
         issuesFree(&cc.out);
         if (done)
             break;
         /* Something changed while we looked: look again. */
-        usleep(5000u * (unsigned)attempt);
+        usleep(confirming ? 100000u : 5000u * (unsigned)attempt);
     }
     cc = result;
     detachAfter(s);
@@ -2862,6 +3671,18 @@ static int cmdReap(const command *c, int argc, char **argv) {
 #define DUMP_DEFAULT_LIMIT 64
 #define DUMP_MAX_LIMIT (16u << 20)
 
+/* Bytes of each key, value, item or element copied out and shown. */
+#define DUMP_VALUE_MAX 1024
+
+typedef struct dumpItem { /* per process: one entry of a container */
+    uint64_t index;
+    bool hasKey, intKey;
+    int64_t ikey;
+    uint8_t *key, *val; /* the first DUMP_VALUE_MAX bytes */
+    size_t klen, vlen;  /* bytes copied */
+    size_t kfull, vfull; /* their whole lengths */
+} dumpItem;
+
 typedef struct dumpObj { /* per process */
     dkshmObjectInfo o;
     bool sized;
@@ -2869,6 +3690,14 @@ typedef struct dumpObj { /* per process */
     uint8_t *data; /* the first `shown` bytes of the root, for user types */
     size_t shown;
     const char *note;
+    /* Containers. */
+    int contRc;       /* of opening it and reading its contents */
+    uint64_t count;   /* entries in all */
+    dumpItem *items;  /* the first ones, in order */
+    size_t nitems, capItems;
+    bool unsteady;    /* a list that kept changing while it was read */
+    uint32_t elemSize;
+    OSRegulateStats os;
 } dumpObj;
 
 typedef struct dumpCtx {
@@ -2879,6 +3708,189 @@ typedef struct dumpCtx {
     size_t n;
     int rc;
 } dumpCtx;
+
+static uint8_t *copyOut(const void *p, size_t n, size_t *copied) {
+    size_t k = n < DUMP_VALUE_MAX ? n : DUMP_VALUE_MAX;
+    uint8_t *b = xcalloc(k ? k : 1, 1);
+    if (k)
+        memcpy(b, p, k);
+    *copied = k;
+    return b;
+}
+
+static void dumpItemsFree(dumpObj *d) {
+    for (size_t i = 0; i < d->nitems; i++) {
+        free(d->items[i].key);
+        free(d->items[i].val);
+    }
+    free(d->items);
+    d->items = NULL;
+    d->nitems = d->capItems = 0;
+}
+
+static dumpItem *dumpAdd(dumpObj *d) {
+    if (d->nitems == d->capItems) {
+        size_t cap = d->capItems ? 2 * d->capItems : 16;
+        dumpItem *v = realloc(d->items, cap * sizeof *v);
+        if (!v) {
+            fputs("dkshm-tool: out of memory\n", stderr);
+            exit(EXIT_OPEN);
+        }
+        d->items = v;
+        d->capItems = cap;
+    }
+    dumpItem *it = &d->items[d->nitems];
+    memset(it, 0, sizeof *it);
+    it->index = d->nitems++;
+    return it;
+}
+
+typedef struct dumpIter { /* per process */
+    dumpObj *d;
+    size_t limit;
+    dkshm *s;
+    bool intKeys;
+} dumpIter;
+
+/* multidictIterate / multimapIterate callback. */
+static bool dumpPair(void *ctx, const void *key, size_t klen,
+                     const void *value, size_t vlen) {
+    dumpIter *g = ctx;
+    if (g->d->nitems >= g->limit)
+        return false;
+    dumpItem *it = dumpAdd(g->d);
+    it->hasKey = true;
+    if (g->intKeys && klen == sizeof(int64_t)) {
+        it->intKey = true;
+        memcpy(&it->ikey, key, sizeof it->ikey);
+    }
+    it->key = copyOut(key, klen, &it->klen);
+    it->kfull = klen;
+    it->val = copyOut(value, vlen, &it->vlen);
+    it->vfull = vlen;
+    return true;
+}
+
+/* The mirror of multilist's node header (containers/multilist.c, mlNode):
+ * next, prev, item length, payload capacity, then the item. multilist has
+ * no read-only way to read its items, so the tool walks its nodes. */
+#define ML_NODE_LEN_AT 16u
+#define ML_NODE_HDR_BYTES 32u
+
+static int dumpListNode(void *ctx, dkoff off, uint64_t bytes, int kind) {
+    dumpIter *g = ctx;
+    if (kind != MULTILIST_BLOCK_NODE)
+        return 0;
+    if (g->d->nitems >= g->limit)
+        return 1; /* enough: stop the walk */
+    if ((off & 7) || bytes < ML_NODE_HDR_BYTES ||
+        !dkRangeOk(g->s, off, bytes))
+        return DKSHM_CORRUPT;
+    uint64_t len = __atomic_load_n(
+        (const uint64_t *)dkPtr(g->s, off + ML_NODE_LEN_AT), __ATOMIC_RELAXED);
+    if (len > bytes - ML_NODE_HDR_BYTES)
+        return DKSHM_CORRUPT;
+    dumpItem *it = dumpAdd(g->d);
+    it->val = copyOut(dkPtr(g->s, off + ML_NODE_HDR_BYTES), (size_t)len,
+                      &it->vlen);
+    it->vfull = (size_t)len;
+    return 0;
+}
+
+#define DUMP_TRIES 50
+
+/* The contents of container D (its first LIMIT entries). */
+static void dumpContainer(dkshm *s, dumpObj *d, size_t limit) {
+    contHandle c;
+    d->contRc = contOpen(s, d->o.name, d->o.type, &c);
+    if (d->contRc != DKSHM_OK)
+        return;
+    dumpIter g = {.d = d, .limit = limit, .s = s};
+    int rc = DKSHM_OK;
+    switch (d->o.type) {
+    case MULTIDICT_TYPE:
+        for (int i = 0; i < DUMP_TRIES; i++) {
+            dumpItemsFree(d);
+            rc = multidictIterate(c.h.md, dumpPair, &g);
+            if (rc != DKSHM_BUSY)
+                break;
+            usleep(i < 10 ? 100 : 5000);
+        }
+        if (rc == DKSHM_OK)
+            rc = multidictCount(c.h.md, &d->count);
+        break;
+    case MULTIMAP_TYPE: {
+        uint32_t mode = MULTIMAP_KEYS_BYTES;
+        multimapKeyMode(c.h.mm, &mode);
+        g.intKeys = mode == MULTIMAP_KEYS_INT64;
+        for (int i = 0; i < DUMP_TRIES; i++) {
+            dumpItemsFree(d);
+            rc = multimapIterate(c.h.mm, NULL, 0, 0, dumpPair, &g);
+            if (rc != DKSHM_BUSY)
+                break;
+            usleep(i < 10 ? 100 : 5000);
+        }
+        if (rc == DKSHM_OK)
+            rc = multimapCount(c.h.mm, &d->count);
+        break;
+    }
+    case MULTILIST_TYPE:
+        /* The walk takes no lock: believed when no push or pop came in
+         * between. */
+        d->unsteady = true;
+        for (int i = 0; i < DUMP_TRIES && d->unsteady; i++) {
+            multilistStats a, b;
+            dumpItemsFree(d);
+            if ((rc = multilistGetStats(c.h.ml, &a)) != DKSHM_OK)
+                break;
+            rc = multilistForEachBlock(c.h.ml, dumpListNode, &g);
+            if (rc == 1)
+                rc = DKSHM_OK;
+            if (multilistGetStats(c.h.ml, &b) != DKSHM_OK)
+                break;
+            d->count = b.count;
+            d->unsteady = a.pushes != b.pushes || a.pops != b.pops;
+            if (!d->unsteady)
+                break;
+            usleep(i < 10 ? 100 : 2000);
+        }
+        break;
+    case MULTIARRAY_TYPE: {
+        size_t es = 0;
+        if ((rc = multiarrayElemSize(c.h.ma, &es)) != DKSHM_OK ||
+            (rc = multiarrayCount(c.h.ma, &d->count)) != DKSHM_OK)
+            break;
+        d->elemSize = (uint32_t)es;
+        uint8_t *elem = scratchCalloc(1, es ? es : 1);
+        for (uint64_t i = 0; i < d->count && d->nitems < limit; i++) {
+            rc = DKSHM_BUSY;
+            for (int k = 0; k < DUMP_TRIES && rc == DKSHM_BUSY; k++) {
+                rc = multiarrayGet(c.h.ma, i, elem);
+                if (rc == DKSHM_BUSY)
+                    usleep(k < 10 ? 100 : 5000);
+            }
+            if (rc == DKSHM_NOTFOUND) { /* shrunk meanwhile */
+                rc = DKSHM_OK;
+                break;
+            }
+            if (rc != DKSHM_OK)
+                break;
+            dumpItem *it = dumpAdd(d);
+            it->index = i;
+            it->val = copyOut(elem, es, &it->vlen);
+            it->vfull = es;
+        }
+        scratchFree(elem);
+        break;
+    }
+    default:
+        rc = OSRegulateGetStats(c.h.os, &d->os);
+        d->count = d->os.held;
+        break;
+    }
+    d->contRc = rc;
+    contClose(&c);
+}
 
 static void dumpFn(void *ctx) {
     dumpCtx *g = ctx;
@@ -2915,8 +3927,12 @@ static void dumpFn(void *ctx) {
             d->sized = true;
             d->bytes = sz;
         }
+        if (isContainer(d->o.type)) {
+            dumpContainer(s, d, g->limit);
+            continue;
+        }
         if (d->o.type < DKSHM_TYPE_USER) {
-            d->note = "container contents are not dumped by this version";
+            d->note = "unknown dkshm type: contents not dumped";
             continue;
         }
         if (!d->sized) {
@@ -2936,6 +3952,77 @@ static void dumpFn(void *ctx) {
         d->shown = want;
     }
     scratchFree(tmp);
+}
+
+/* "text" escaped, with "... (N bytes)" when only part was copied. */
+static char *escapedValue(const uint8_t *p, size_t n, size_t full) {
+    size_t tl = 4 * n + 48;
+    char *t = xcalloc(tl, 1);
+    escapeBytes(p, n, t, tl);
+    if (n < full) {
+        size_t k = strlen(t);
+        snprintf(t + k, tl - k, "\"... (%zu bytes)", full);
+        return t;
+    }
+    size_t k = strlen(t);
+    snprintf(t + k, tl - k, "\"");
+    return t;
+}
+
+/* One entry of a container, as text. */
+static void dumpItemText(const dumpObj *d, const dumpItem *it, FILE *f) {
+    char *v = escapedValue(it->val, it->vlen, it->vfull);
+    if (it->intKey) {
+        fprintf(f, "    %" PRId64 " = \"%s", it->ikey, v);
+    } else if (it->hasKey) {
+        char *k = escapedValue(it->key, it->klen, it->kfull);
+        fprintf(f, "    \"%s = \"%s", k, v);
+        free(k);
+    } else {
+        fprintf(f, "    [%" PRIu64 "] \"%s", it->index, v);
+    }
+    if (it->vfull == sizeof(int64_t) && it->vlen == sizeof(int64_t) &&
+        d->o.type != MULTIARRAY_TYPE) {
+        int64_t iv;
+        memcpy(&iv, it->val, sizeof iv);
+        fprintf(f, " (int64 %" PRId64 ")", iv);
+    }
+    fputc('\n', f);
+    free(v);
+}
+
+static void dumpItemJson(jsonOut *j, const dumpObj *d, const dumpItem *it) {
+    jsonObjOpen(j, NULL);
+    if (it->intKey)
+        jsonI64(j, "key", it->ikey);
+    else if (it->hasKey) {
+        jsonStrN(j, "key", it->key, it->klen);
+        if (it->klen < it->kfull)
+            jsonU64(j, "keyLength", it->kfull);
+    } else
+        jsonU64(j, "index", it->index);
+    jsonStrN(j, "value", it->val, it->vlen);
+    jsonU64(j, "length", it->vfull);
+    if (it->vlen < it->vfull)
+        jsonBool(j, "truncated", true);
+    if (it->vfull == sizeof(int64_t) && it->vlen == sizeof(int64_t) &&
+        d->o.type != MULTIARRAY_TYPE) {
+        int64_t iv;
+        memcpy(&iv, it->val, sizeof iv);
+        jsonI64(j, "int64", iv);
+    }
+    jsonObjClose(j);
+}
+
+static const char *countNoun(uint32_t type, uint64_t n) {
+    switch (type) {
+    case MULTILIST_TYPE:
+        return n == 1 ? "item" : "items";
+    case MULTIARRAY_TYPE:
+        return n == 1 ? "element" : "elements";
+    default:
+        return n == 1 ? "entry" : "entries";
+    }
 }
 
 static void hexLines(const uint8_t *p, size_t n, FILE *f) {
@@ -3042,6 +4129,32 @@ static int cmdDump(const command *c, int argc, char **argv) {
                 free(hex);
                 free(text);
             }
+            if (isContainer(d->o.type) && d->contRc != DKSHM_OK) {
+                jsonStr(&j, "error", dkshmErrName(d->contRc));
+                jsonStr(&j, "message", dkshmStrerror(d->contRc));
+            } else if (d->o.type == OSREGULATE_TYPE) {
+                jsonObjOpen(&j, "state");
+                jsonU64(&j, "maxHolders", d->os.maxHolders);
+                jsonU64(&j, "held", d->os.held);
+                jsonU64(&j, "ratePerSec", d->os.ratePerSec);
+                jsonU64(&j, "burst", d->os.burst);
+                jsonU64(&j, "tokens", d->os.tokens);
+                jsonU64(&j, "acquired", d->os.acquired);
+                jsonU64(&j, "reclaimed", d->os.reclaimed);
+                jsonU64(&j, "rateDenied", d->os.rateDenied);
+                jsonObjClose(&j);
+            } else if (isContainer(d->o.type)) {
+                jsonU64(&j, "count", d->count);
+                if (d->o.type == MULTIARRAY_TYPE)
+                    jsonU64(&j, "elemSize", d->elemSize);
+                jsonArrOpen(&j, "items");
+                for (size_t k = 0; k < d->nitems; k++)
+                    dumpItemJson(&j, d, &d->items[k]);
+                jsonArrClose(&j);
+                jsonBool(&j, "more", d->count > d->nitems);
+                if (d->unsteady)
+                    jsonBool(&j, "consistent", false);
+            }
             if (d->note)
                 jsonStr(&j, "note", d->note);
             jsonObjClose(&j);
@@ -3060,7 +4173,38 @@ static int cmdDump(const command *c, int argc, char **argv) {
                    d->o.root);
             if (d->sized)
                 printf("  %" PRIu64 " bytes", d->bytes);
+            if (isContainer(d->o.type) && d->contRc == DKSHM_OK &&
+                d->o.type != OSREGULATE_TYPE) {
+                printf("  %" PRIu64 " %s", d->count,
+                       countNoun(d->o.type, d->count));
+                if (d->o.type == MULTIARRAY_TYPE)
+                    printf(" of %" PRIu32 " bytes", d->elemSize);
+            }
             printf("\n");
+            if (isContainer(d->o.type) && d->contRc != DKSHM_OK)
+                printf("    (unreadable: %s)\n", dkshmStrerror(d->contRc));
+            else if (d->o.type == OSREGULATE_TYPE) {
+                if (d->os.maxHolders)
+                    printf("    permits: %" PRIu32 " of %" PRIu32
+                           " out, %" PRIu64 " acquired, %" PRIu64
+                           " reclaimed from dead holders\n",
+                           d->os.held, d->os.maxHolders, d->os.acquired,
+                           d->os.reclaimed);
+                if (d->os.ratePerSec)
+                    printf("    rate: %" PRIu64 " per second, burst %" PRIu32
+                           ", %" PRIu64 " tokens now, %" PRIu64 " denied\n",
+                           d->os.ratePerSec, d->os.burst, d->os.tokens,
+                           d->os.rateDenied);
+            } else if (isContainer(d->o.type)) {
+                for (size_t k = 0; k < d->nitems; k++)
+                    dumpItemText(d, &d->items[k], stdout);
+                if (d->count > d->nitems)
+                    printf("    ... %" PRIu64 " more (--limit N shows more)\n",
+                           d->count - d->nitems);
+                if (d->unsteady)
+                    printf("    (the list kept changing while it was read: "
+                           "the items may be from different moments)\n");
+            }
             if (d->data) {
                 hexLines(d->data, d->shown, stdout);
                 if (d->shown < d->bytes)
@@ -3072,9 +4216,513 @@ static int cmdDump(const command *c, int argc, char **argv) {
                 printf("    (%s)\n", d->note);
         }
     }
-    for (size_t i = 0; i < g.n; i++)
+    for (size_t i = 0; i < g.n; i++) {
         free(g.objs[i].data);
+        dumpItemsFree(&g.objs[i]);
+    }
     free(g.objs);
+    return status;
+}
+
+/* ---- top ---------------------------------------------------------------- */
+
+/* Each refresh takes a sample of the process table (the per-process
+ * counters), the segment's figures and the allocator's, and shows the
+ * rates between it and the sample before. A process is known by (slot,
+ * pid, attach time): one that took over a reused slot starts from zero
+ * instead of from its predecessor's counters. */
+
+typedef struct topProc { /* per process */
+    uint32_t slot, pid, state;
+    uint64_t attachNs;
+    bool alive;
+    uint64_t ctr[DKSHM_COUNTERS];
+} topProc;
+
+typedef struct topSample { /* per process */
+    uint64_t monoNs, realNs;
+    dkshmInfo info;
+    bool haveAlloc;
+    uint64_t used, allocations;
+    topProc *p;
+    size_t n;
+    uint32_t live, dead;
+} topSample;
+
+typedef struct topSampleCtx {
+    dkshm *s;
+    topSample *t;
+    int rc;
+} topSampleCtx;
+
+static void topSampleFn(void *ctx) {
+    topSampleCtx *g = ctx;
+    dkshm *s = g->s;
+    topSample *t = g->t;
+    g->rc = dkshmGetInfo(s, &t->info);
+    if (g->rc != DKSHM_OK)
+        return;
+    membound *m = allocatorOf(s);
+    memboundStats ms;
+    t->haveAlloc = m && memboundGetStats(m, &ms) == DKSHM_OK;
+    if (t->haveAlloc) {
+        t->used = ms.used;
+        t->allocations = ms.allocations;
+    }
+    uint32_t max = s->maxProcs;
+    size_t n = 0;
+    dkshmProcInfo *tmp = scratchCalloc(max, sizeof *tmp);
+    g->rc = dkshmProcList(s, tmp, max, &n);
+    if (g->rc == DKSHM_OK) {
+        if (n > max)
+            n = max;
+        t->p = xcalloc(n, sizeof *t->p);
+        t->n = n;
+        for (size_t i = 0; i < n; i++) {
+            topProc *p = &t->p[i];
+            p->slot = tmp[i].slot;
+            p->pid = tmp[i].pid;
+            p->state = tmp[i].state;
+            p->attachNs = tmp[i].attachTimeNs;
+            p->alive = procAlive(&tmp[i]);
+            memcpy(p->ctr, tmp[i].counters, sizeof p->ctr);
+            if (p->alive)
+                t->live++;
+            else
+                t->dead++;
+        }
+    }
+    scratchFree(tmp);
+    t->monoNs = dkNowNs();
+    t->realNs = dkRealNs();
+}
+
+static void topSampleFree(topSample *t) {
+    free(t->p);
+    memset(t, 0, sizeof *t);
+}
+
+/* Rates of one process between two samples. */
+typedef struct topRates { /* per process */
+    double reads, writes, waits, allocs, frees;
+    double avgWaitUs; /* average lock wait in the interval, -1: none */
+    int64_t held;     /* allocated - freed bytes, since it attached */
+} topRates;
+
+static const topProc *topFind(const topSample *t, const topProc *p) {
+    if (!t)
+        return NULL;
+    for (size_t i = 0; i < t->n; i++)
+        if (t->p[i].slot == p->slot && t->p[i].pid == p->pid &&
+            t->p[i].attachNs == p->attachNs)
+            return &t->p[i];
+    return NULL;
+}
+
+static void topRatesOf(const topSample *prev, const topSample *cur,
+                       const topProc *p, topRates *r) {
+    static const uint64_t zero[DKSHM_COUNTERS];
+    const topProc *q = topFind(prev, p);
+    const uint64_t *a = q ? q->ctr : zero, *b = p->ctr;
+    double dt = prev && cur->monoNs > prev->monoNs
+                    ? (double)(cur->monoNs - prev->monoNs) / 1e9
+                    : 1.0;
+    uint64_t d[DKSHM_COUNTERS];
+    for (int k = 0; k < DKSHM_COUNTERS; k++)
+        d[k] = b[k] >= a[k] ? b[k] - a[k] : 0;
+    r->reads = (double)d[DKSHM_CTR_READS] / dt;
+    r->writes = (double)d[DKSHM_CTR_WRITES] / dt;
+    r->waits = (double)d[DKSHM_CTR_LOCK_WAITS] / dt;
+    r->allocs = (double)d[DKSHM_CTR_ALLOCS] / dt;
+    r->frees = (double)d[DKSHM_CTR_FREES] / dt;
+    r->avgWaitUs = d[DKSHM_CTR_LOCK_WAITS]
+                       ? (double)d[DKSHM_CTR_LOCK_WAIT_NS] /
+                             (double)d[DKSHM_CTR_LOCK_WAITS] / 1e3
+                       : -1.0;
+    r->held = (int64_t)(b[DKSHM_CTR_ALLOC_BYTES] - b[DKSHM_CTR_FREE_BYTES]);
+}
+
+/* "12", "3.4k", "5.6M": a rate in at most 6 characters. */
+static const char *fmtRate(double v, char *buf) {
+    if (v < 9999.5)
+        snprintf(buf, 32, "%.0f", v);
+    else if (v < 999.5e3)
+        snprintf(buf, 32, "%.1fk", v / 1e3);
+    else
+        snprintf(buf, 32, "%.1fM", v / 1e6);
+    return buf;
+}
+
+static const char *fmtSigned(int64_t v, char *buf) {
+    char tmp[32];
+    fmtBytes(v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v, tmp);
+    snprintf(buf, 32, "%s%.30s", v < 0 ? "-" : "", tmp);
+    return buf;
+}
+
+static const char *fmtWait(double us, char *buf) {
+    if (us < 0)
+        snprintf(buf, 32, "-");
+    else if (us < 1000)
+        snprintf(buf, 32, "%.1fus", us);
+    else if (us < 1e6)
+        snprintf(buf, 32, "%.1fms", us / 1e3);
+    else
+        snprintf(buf, 32, "%.2fs", us / 1e6);
+    return buf;
+}
+
+/* One refresh as text into F; at most MAXROWS processes (0: all). */
+static void topText(const char *name, const topSample *prev,
+                    const topSample *cur, double interval, int maxRows,
+                    FILE *f) {
+    char b1[32], b2[32], b3[32], b4[32], b5[32];
+    topRates tot = {0};
+    tot.avgWaitUs = -1;
+    uint64_t tw = 0, twNs = 0;
+    for (size_t i = 0; i < cur->n; i++) {
+        topRates r;
+        topRatesOf(prev, cur, &cur->p[i], &r);
+        tot.reads += r.reads;
+        tot.writes += r.writes;
+        tot.waits += r.waits;
+        tot.allocs += r.allocs;
+        tot.frees += r.frees;
+        const topProc *q = topFind(prev, &cur->p[i]);
+        tw += cur->p[i].ctr[DKSHM_CTR_LOCK_WAITS] -
+              (q ? q->ctr[DKSHM_CTR_LOCK_WAITS] : 0);
+        twNs += cur->p[i].ctr[DKSHM_CTR_LOCK_WAIT_NS] -
+                (q ? q->ctr[DKSHM_CTR_LOCK_WAIT_NS] : 0);
+    }
+    if (tw)
+        tot.avgWaitUs = (double)twNs / (double)tw / 1e3;
+    fprintf(f, "%s  %s  every %.3gs\n", name, fmtTimeLocal(cur->realNs, b1),
+            interval);
+    if (cur->haveAlloc)
+        fprintf(f,
+                "capacity %s, used %s (%.1f%%) in %" PRIu64
+                " allocations, resident %s\n",
+                fmtBytes(cur->info.capacity, b1), fmtBytes(cur->used, b2),
+                cur->info.heapSize
+                    ? 100.0 * (double)cur->used / (double)cur->info.heapSize
+                    : 0.0,
+                cur->allocations, fmtBytes(cur->info.residentBytes, b3));
+    else
+        fprintf(f, "capacity %s, no allocator, resident %s\n",
+                fmtBytes(cur->info.capacity, b1),
+                fmtBytes(cur->info.residentBytes, b3));
+    fprintf(f,
+            "%" PRIu32 " objects, %zu processes (%" PRIu32 " live, %" PRIu32
+            " dead)\n",
+            cur->info.objects, cur->n, cur->live, cur->dead);
+    fprintf(f,
+            "per second: %s reads, %s writes, %s lock waits (avg %s), %s "
+            "allocs, %s frees\n\n",
+            fmtRate(tot.reads, b1), fmtRate(tot.writes, b2),
+            fmtRate(tot.waits, b3), fmtWait(tot.avgWaitUs, b4),
+            fmtRate(tot.allocs, b5), fmtRate(tot.frees, b5 + 0));
+    table t;
+    tableInit(&t, 0,
+              ">SLOT >PID <STATE >READS/s >WRITES/s >WAITS/s >AVGWAIT "
+              ">ALLOCS/s >FREES/s >HELD");
+    size_t shown = 0;
+    for (size_t i = 0; i < cur->n; i++) {
+        if (maxRows > 0 && shown >= (size_t)maxRows)
+            break;
+        const topProc *p = &cur->p[i];
+        topRates r;
+        topRatesOf(prev, cur, p, &r);
+        tableCell(&t, "%" PRIu32, p->slot);
+        tableCell(&t, "%" PRIu32, p->pid);
+        tableCell(&t, "%s", p->alive ? "alive" : "dead");
+        tableCell(&t, "%s", fmtRate(r.reads, b1));
+        tableCell(&t, "%s", fmtRate(r.writes, b1));
+        tableCell(&t, "%s", fmtRate(r.waits, b1));
+        tableCell(&t, "%s", fmtWait(r.avgWaitUs, b1));
+        tableCell(&t, "%s", fmtRate(r.allocs, b1));
+        tableCell(&t, "%s", fmtRate(r.frees, b1));
+        tableCell(&t, "%s", fmtSigned(r.held, b1));
+        shown++;
+    }
+    tablePrint(&t, f);
+    tableFree(&t);
+    if (shown < cur->n)
+        fprintf(f, "... %zu more processes\n", cur->n - shown);
+}
+
+static void topJson(const char *name, const topSample *prev,
+                    const topSample *cur, uint64_t iteration, FILE *f) {
+    char buf[32];
+    jsonOut j;
+    jsonInit(&j, f);
+    jsonObjOpen(&j, NULL);
+    jsonStr(&j, "segment", name);
+    jsonU64(&j, "iteration", iteration);
+    jsonStr(&j, "time", fmtTimeIso(cur->realNs, buf));
+    jsonU64(&j, "timeNs", cur->realNs);
+    jsonDouble(&j, "intervalSeconds",
+               prev ? (double)(cur->monoNs - prev->monoNs) / 1e9 : 0.0);
+    jsonU64(&j, "capacity", cur->info.capacity);
+    if (cur->haveAlloc) {
+        jsonU64(&j, "used", cur->used);
+        jsonU64(&j, "allocations", cur->allocations);
+    } else {
+        jsonNull(&j, "used");
+        jsonNull(&j, "allocations");
+    }
+    jsonU64(&j, "residentBytes", cur->info.residentBytes);
+    jsonU64(&j, "objects", cur->info.objects);
+    jsonU64(&j, "liveProcesses", cur->live);
+    jsonU64(&j, "deadProcesses", cur->dead);
+    jsonArrOpen(&j, "processes");
+    static const char *ctrNames[DKSHM_COUNTERS] = {
+        "reads",  "writes", "lockWaits",  "lockWaitNs",
+        "allocs", "frees",  "allocBytes", "freeBytes"};
+    for (size_t i = 0; i < cur->n; i++) {
+        const topProc *p = &cur->p[i];
+        topRates r;
+        topRatesOf(prev, cur, p, &r);
+        jsonObjOpen(&j, NULL);
+        jsonU64(&j, "slot", p->slot);
+        jsonU64(&j, "pid", p->pid);
+        jsonBool(&j, "alive", p->alive);
+        jsonStr(&j, "state", stateName(p->state));
+        jsonU64(&j, "attachedNs", p->attachNs);
+        jsonDouble(&j, "readsPerSec", r.reads);
+        jsonDouble(&j, "writesPerSec", r.writes);
+        jsonDouble(&j, "lockWaitsPerSec", r.waits);
+        if (r.avgWaitUs >= 0)
+            jsonDouble(&j, "avgLockWaitUs", r.avgWaitUs);
+        else
+            jsonNull(&j, "avgLockWaitUs");
+        jsonDouble(&j, "allocsPerSec", r.allocs);
+        jsonDouble(&j, "freesPerSec", r.frees);
+        jsonI64(&j, "heldBytes", r.held);
+        jsonObjOpen(&j, "counters");
+        for (int k = 0; k < DKSHM_COUNTERS; k++)
+            jsonU64(&j, ctrNames[k], p->ctr[k]);
+        jsonObjClose(&j);
+        jsonObjClose(&j);
+    }
+    jsonArrClose(&j);
+    jsonObjClose(&j);
+}
+
+/* The pretty JSON writer's output on one line: its only raw newlines are
+ * the ones it puts between values (strings escape theirs), each followed
+ * by indentation. */
+static void printOneLine(const char *p, size_t n, FILE *f) {
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] == '\n') {
+            while (i + 1 < n && p[i + 1] == ' ')
+                i++;
+            continue;
+        }
+        fputc(p[i], f);
+    }
+    fputc('\n', f);
+}
+
+/* Interval: seconds with an optional fraction, 0.01 to 86400. */
+static int parseInterval(const char *s, uint64_t *ns) {
+    uint64_t whole = 0, frac = 0, scale = 1000000000ull;
+    const char *p = s;
+    if (!*p)
+        return -1;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        whole = whole * 10 + (uint64_t)(*p - '0');
+        if (whole > 86400)
+            return -1;
+    }
+    if (p == s && *p != '.')
+        return -1;
+    if (*p == '.') {
+        p++;
+        if (!(*p >= '0' && *p <= '9'))
+            return -1;
+        for (; *p >= '0' && *p <= '9'; p++) {
+            if (scale >= 10) {
+                scale /= 10;
+                frac += (uint64_t)(*p - '0') * scale;
+            }
+        }
+    }
+    if (*p)
+        return -1;
+    uint64_t v = whole * 1000000000ull + frac;
+    if (v < 10000000ull || v > 86400ull * 1000000000ull)
+        return -1;
+    *ns = v;
+    return 0;
+}
+
+/* The terminal: raw (no echo, keys one by one) while the live view runs,
+ * restored on every way out. */
+static struct termios topSaved;
+static volatile sig_atomic_t topRawOn, topAltOn, topStop;
+
+static void topRestore(void) {
+    if (topRawOn) {
+        tcsetattr(STDIN_FILENO, TCSAFLUSH, &topSaved);
+        topRawOn = 0;
+    }
+    if (topAltOn) {
+        /* Show the cursor, leave the alternate screen. */
+        static const char seq[] = "\x1b[?25h\x1b[?1049l";
+        ssize_t w = write(STDOUT_FILENO, seq, sizeof seq - 1);
+        (void)w;
+        topAltOn = 0;
+    }
+}
+
+static void onTopSignal(int sig) {
+    topStop = sig;
+}
+
+static void topTerminal(bool screen, bool keys) {
+    atexit(topRestore);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = onTopSignal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    if (keys && tcgetattr(STDIN_FILENO, &topSaved) == 0) {
+        struct termios raw = topSaved;
+        /* Ctrl-C arrives as a byte (ISIG off) and quits like q. */
+        raw.c_lflag &= ~(tcflag_t)(ICANON | ECHO | ISIG | IEXTEN);
+        raw.c_iflag &= ~(tcflag_t)(IXON | ICRNL);
+        raw.c_cc[VMIN] = 1;
+        raw.c_cc[VTIME] = 0;
+        if (tcsetattr(STDIN_FILENO, TCSAFLUSH, &raw) == 0)
+            topRawOn = 1;
+    }
+    if (screen) {
+        fputs("\x1b[?1049h\x1b[?25l", stdout);
+        fflush(stdout);
+        topAltOn = 1;
+    }
+}
+
+/* Wait until monotonic time DEADLINE, reading keys if KEYS: true to go on,
+ * false to quit (q, Q, Ctrl-C, or a signal). */
+static bool topWait(uint64_t deadline, bool keys) {
+    for (;;) {
+        if (topStop)
+            return false;
+        uint64_t now = dkNowNs();
+        if (now >= deadline)
+            return true;
+        uint64_t ms = (deadline - now + 999999) / 1000000;
+        struct pollfd pfd = {.fd = STDIN_FILENO, .events = POLLIN};
+        int r = poll(keys ? &pfd : NULL, keys ? 1 : 0,
+                     ms > 1000 ? 1000 : (int)ms);
+        if (r > 0 && (pfd.revents & (POLLIN | POLLHUP))) {
+            char ch;
+            ssize_t got = read(STDIN_FILENO, &ch, 1);
+            if (got <= 0)
+                keys = false; /* end of input: only signals stop us now */
+            else if (ch == 'q' || ch == 'Q' || ch == 3)
+                return false;
+        }
+    }
+}
+
+static int cmdTop(const command *c, int argc, char **argv) {
+    static const optSpec specs[] = {
+        {"json", false}, {"interval", true}, {"iterations", true}};
+    args a;
+    int st = parseArgs(c, argc, argv, specs, 3, 1, 1, &a);
+    if (st >= 0)
+        return st;
+    bool json = a.set[0];
+    uint64_t intervalNs = 1000000000ull, iterations = 0;
+    if (a.set[1] && parseInterval(a.val[1], &intervalNs) != 0) {
+        fprintf(stderr,
+                "%s top: invalid --interval '%s' (seconds, e.g. 1, 0.5; "
+                "0.01 to 86400)\n",
+                progName, a.val[1]);
+        return EXIT_USAGE;
+    }
+    if (a.set[2] && (parseU64(a.val[2], &iterations) != 0 || iterations == 0)) {
+        fprintf(stderr, "%s top: invalid --iterations '%s' (1 or more)\n",
+                progName, a.val[2]);
+        return EXIT_USAGE;
+    }
+    char name[DKSHM_NAME_MAX + 1];
+    if ((st = segmentName(c, a.pos[0], name)) >= 0)
+        return st;
+    dkshm *s;
+    if ((st = openSegment(c, name, DKSHM_RDONLY, json, &s)) >= 0)
+        return st;
+    bool tty = !json && isatty(STDOUT_FILENO);
+    bool keys = tty && isatty(STDIN_FILENO);
+    topTerminal(tty, keys);
+    topSample prev, cur;
+    memset(&prev, 0, sizeof prev);
+    topSampleCtx g = {.s = s, .t = &prev};
+    int status = EXIT_OK;
+    bool ok = guarded(topSampleFn, &g);
+    uint64_t start = dkNowNs();
+    for (uint64_t it = 1; ok && g.rc == DKSHM_OK; it++) {
+        if (!topWait(start + it * intervalNs, keys))
+            break;
+        memset(&cur, 0, sizeof cur);
+        g.t = &cur;
+        ok = guarded(topSampleFn, &g);
+        if (!ok || g.rc != DKSHM_OK) {
+            topSampleFree(&cur);
+            break;
+        }
+        if (json) {
+            char *buf = NULL;
+            size_t len = 0;
+            FILE *mf = open_memstream(&buf, &len);
+            if (!mf) {
+                status = EXIT_OPEN;
+                break;
+            }
+            topJson(name, &prev, &cur, it, mf);
+            fclose(mf);
+            printOneLine(buf, len, stdout);
+            free(buf);
+        } else {
+            int rows = 0;
+            struct winsize ws;
+            if (tty) {
+                fputs("\x1b[H\x1b[2J", stdout);
+                if (ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 &&
+                    ws.ws_row > 9)
+                    rows = ws.ws_row - 8;
+            } else if (it > 1) {
+                fputc('\n', stdout);
+            }
+            topText(name, &prev, &cur, (double)intervalNs / 1e9, rows,
+                    stdout);
+            if (tty)
+                fputs(keys ? "\n(q quits)" : "", stdout);
+        }
+        if (fflush(stdout) != 0 || ferror(stdout)) {
+            status = EXIT_OPEN;
+            topSampleFree(&cur);
+            break;
+        }
+        topSampleFree(&prev);
+        prev = cur;
+        if (iterations && it >= iterations)
+            break;
+    }
+    topSampleFree(&prev);
+    topRestore();
+    if (!ok || g.rc != DKSHM_OK) {
+        int rc = ok ? g.rc : DKSHM_CORRUPT;
+        reportOpenError(c, name, rc, ok ? "" : faultText);
+        if (json)
+            jsonError(name, rc, ok ? "" : faultText, EXIT_OPEN);
+        status = EXIT_OPEN;
+    }
+    detachAfter(s);
     return status;
 }
 
@@ -3568,12 +5216,25 @@ static const command commands[] = {
      "  --json   one JSON document on stdout\n"},
     {"info", cmdInfo, "NAME [--json]",
      "Show a segment: its header, resident memory, allocator figures (per\n"
-     "size class), attached processes, named objects and lock states.",
+     "size class), attached processes, named objects (type, count, bytes,\n"
+     "and per container type its figures) and lock states, with the locks\n"
+     "dead processes still hold.",
      "  --json   one JSON document on stdout\n"},
+    {"top", cmdTop, "NAME [--interval SECONDS] [--iterations N] [--json]",
+     "A live view of a segment, refreshed every interval: per process the\n"
+     "operations, lock waits and allocations per second and the bytes it\n"
+     "holds; the segment's capacity, use, resident memory, objects and\n"
+     "processes. q or Ctrl-C quits. When standard output is not a terminal,\n"
+     "one plain snapshot per interval.",
+     "  --interval SECONDS   time between refreshes (default 1; 0.5 etc.)\n"
+     "  --iterations N       stop after N refreshes\n"
+     "  --json               one JSON document per refresh, one per line\n"},
     {"check", cmdCheck, "NAME [--json]",
      "Verify every invariant the tool can reach: header, process table,\n"
-     "directory, allocator, undo logs, block ownership. Prints each problem\n"
-     "with where it is; exit status 1 if there is any.",
+     "directory, allocator, undo logs, every container's own check, and\n"
+     "that every allocation has exactly one owner (an allocation owned by\n"
+     "nothing is a leak). Prints each problem with where it is; exit status\n"
+     "1 if there is any.",
      "  --json   one JSON document on stdout\n"},
     {"reap", cmdReap,
      "[NAME] [--dry-run] [--orphans [--older-than DURATION]] [--json]",
@@ -3588,9 +5249,13 @@ static const command commands[] = {
      "(30s, 10m, 2h, 1d)\n"
      "  --json                  one JSON document on stdout\n"},
     {"dump", cmdDump, "NAME [OBJECT] [--json] [--limit N]",
-     "Show the named objects of a segment (or one), and the first bytes of\n"
-     "application objects as a hex dump with non-printable bytes escaped.",
-     "  --limit N   bytes shown per object (default 64)\n"
+     "Show the named objects of a segment (or one) and their contents: the\n"
+     "entries of multidicts and multimaps, the items of multilists (head\n"
+     "first), the elements of multiarrays, the state of OSRegulates, and\n"
+     "the first bytes of application objects as a hex dump. Non-printable\n"
+     "bytes are escaped.",
+     "  --limit N   entries per container, bytes per application object\n"
+     "              (default 64)\n"
      "  --json      one JSON document on stdout\n"},
     {"create", cmdCreate,
      "NAME --size SIZE [--mode OCTAL] [--ephemeral] [--max-procs N] "

@@ -198,6 +198,8 @@ static void unlockWord(fastMutex *m) {
 /* Record the lock at OFF as held by this process (dkProcSlot.held). FULL
  * when every entry is in use. */
 static int heldAdd(dkshm *s, dkoff off) {
+    if (dkTempId)
+        return DKSHM_OK; /* no slot to record it in (see dkTempId) */
     dkProcSlot *me = dkSelfSlot(s);
     for (int i = 0; i < DK_HELD_MAX; i++) {
         uint64_t zero = 0;
@@ -213,6 +215,8 @@ static int heldAdd(dkshm *s, dkoff off) {
 }
 
 static void heldDrop(dkshm *s, dkoff off) {
+    if (dkTempId)
+        return;
     dkProcSlot *me = dkSelfSlot(s);
     atomic_signal_fence(memory_order_seq_cst);
     for (int i = 0; i < DK_HELD_MAX; i++) {

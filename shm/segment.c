@@ -48,6 +48,7 @@
 #define EMPTY_WAIT_NS (200ull * 1000000ull)
 
 uint64_t dkForkGeneration;
+__thread uint32_t dkTempId;
 static pthread_once_t forkOnce = PTHREAD_ONCE_INIT;
 /* Serialises registration between threads of this process. */
 static pthread_mutex_t registerLock = PTHREAD_MUTEX_INITIALIZER;
@@ -261,7 +262,15 @@ static int claimSlot(dkshm *s, uint32_t pid, uint32_t *out) {
             }
         }
         bool corrupt = false;
-        if (reapAll(s, false, &corrupt) == 0)
+        if (reapAll(s, false, &corrupt) > 0)
+            continue;
+        /* Every slot is live, or dead with locks or in-flight blocks that
+         * only a locker can release: be that locker, without a slot, or a
+         * pool that nobody reaps would run out of slots. */
+        dkTempId = DK_ID_RAWPID | pid;
+        size_t freed = reapAll(s, true, &corrupt);
+        dkTempId = 0;
+        if (freed == 0)
             break;
     }
     return DKSHM_FULL;
@@ -270,6 +279,10 @@ static int claimSlot(dkshm *s, uint32_t pid, uint32_t *out) {
 int dkSelfId(dkshm *s, uint32_t *id) {
     if (s->readOnly)
         return DKSHM_READONLY;
+    if (dkTempId) { /* claimSlot's reap, below, holds registerLock */
+        *id = dkTempId;
+        return DKSHM_OK;
+    }
     pthread_once(&forkOnce, installForkHandler);
     pthread_mutex_lock(&registerLock);
     uint64_t fg = __atomic_load_n(&dkForkGeneration, __ATOMIC_RELAXED);

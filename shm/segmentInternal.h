@@ -178,6 +178,13 @@ static inline dkProcSlot *dkSlotAt(const dkshm *s, uint32_t i) {
  * forkGen to know they were inherited and must register anew. */
 extern uint64_t dkForkGeneration;
 
+/* Nonzero while this thread, registering with every table slot taken,
+ * reaps dead processes whose locks must be recovered first: it takes those
+ * locks as DK_ID_RAWPID | pid, an owner with no slot (a dead one is
+ * recognised by its pid alone; it holds nothing in flight, so it records
+ * no held locks either). */
+extern __thread uint32_t dkTempId;
+
 /* This process's lock owner id for S, registering it in the process table
  * if needed (first use, or first use after fork). READONLY, FULL (table
  * full of live processes). */

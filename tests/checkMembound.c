@@ -1318,6 +1318,32 @@ START_TEST(test_inflight_two_logs) {
 }
 END_TEST
 
+/* A pool that nobody reaps: each worker dies holding a block in flight
+ * (its slot can only be freed by taking the allocator's lock). With every
+ * slot taken by such dead workers, the next worker's registration must
+ * reap them itself rather than fail FULL. */
+static int allocInflightAndDie(void *arg) {
+    (void)arg;
+    dkoff x;
+    int rc = memboundAllocInflight(mb, 64, &x);
+    if (rc != DKSHM_OK)
+        return 10 - rc; /* FULL here was the bug */
+    raise(SIGKILL);
+    return 1;
+}
+
+START_TEST(test_unreaped_pool) {
+    testDropSegment(&seg, &mb); /* the fixture's: this one has 4 slots */
+    dkshmOptions o = {.maxProcs = 4};
+    testMakeSegment("pool", 16 * MiB, &o, &seg, &mb);
+    for (int i = 0; i < 12; i++)
+        ck_assert_int_eq(testInChild(allocInflightAndDie, NULL), TEST_KILLED);
+    ck_assert_int_eq(dkshmReap(seg, NULL), DKSHM_OK);
+    TEST_ASSERT_CHECK(memboundCheck, mb);
+    ck_assert_uint_eq(memboundCurrentAllocationCount(mb), 0);
+}
+END_TEST
+
 /* ---- suite -------------------------------------------------------------- */
 
 static Suite *memboundSuite(void) {
@@ -1344,7 +1370,8 @@ static Suite *memboundSuite(void) {
           test_crash_alloc_buddy_split, test_crash_free_buddy_merge,
           test_crash_free_inflight, test_crash_free_big_decommit,
           test_crash_free_slab, test_crash_free_slab_release,
-          test_crash_reclaim, test_crash_reset, test_inflight_two_logs},
+          test_crash_reclaim, test_crash_reset, test_inflight_two_logs,
+          test_unreaped_pool},
          300},
         {"check", {test_check_damage}, 120},
     };

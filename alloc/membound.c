@@ -54,12 +54,20 @@
  *
  * COMMIT AND DECOMMIT. A block is committed (fallocate, dkCommit) before it
  * is handed out, so a full /dev/shm is a clean DKSHM_FULL, never SIGBUS.
- * When freeing forms a free block of at least 64 KiB its pages are punched
- * out (dkDecommit). Every free block is wholly committed or wholly not
- * (the ctrl bit says which): when merging would mix the two, the committed
- * half is punched. Punching destroys contents, so it is done only after the
- * operation's undo log has been committed: a rollback can never need bytes
- * that are gone.
+ * Every free block is wholly committed or wholly not (the ctrl bit says
+ * which), and the root counts the committed free pages (committedFree).
+ * Freed memory stays committed while that count is within a retention
+ * budget (retainPages: an eighth of the heap, 1 to 64 MiB), and takes
+ * prefer committed blocks: a program that frees and allocates large blocks
+ * in turn reuses the same pages instead of punching them out and faulting
+ * them in again each time (80 us per 64 KiB pair before). Past the budget,
+ * a free block of at least 64 KiB is punched out (dkDecommit), and a merge
+ * that would mix committed and uncommitted halves punches the committed
+ * one; within it, such buddies stay unmerged (the one exception to "free
+ * buddies are merged"), and an allocation that finds no block large enough
+ * first punches and merges them (mbConsolidate). Punching destroys
+ * contents, so it is done only after the operation's undo log has been
+ * committed: a rollback can never need bytes that are gone.
  *
  * PROCESS SAFETY. One fastMutex in the root serialises every change, between
  * threads and between processes. Statistics getters read counters with
@@ -100,7 +108,7 @@
 #include <unistd.h>
 
 #define MB_MAGIC 0x31444e424d454d44ull /* "DMEMBND1" */
-#define MB_VERSION 1u
+#define MB_VERSION 2u /* 2: committedFree */
 /* Largest critical section: a split or merge chain over 31 orders (about
  * five records per order) plus slab work is under 200 records; reclaim
  * commits after each block. 1024 leaves a wide margin (16 KiB). */
@@ -114,6 +122,10 @@
 #define MB_SLAB_MAX_ORDER 3u
 #define MB_SLAB_MAX_SLOTS 4096u
 #define MB_DECOMMIT_BYTES (64u * 1024u)
+/* Committed free memory kept for reuse rather than punched: an eighth of
+ * the heap, at least 1 MiB and at most 64 MiB. */
+#define MB_RETAIN_MIN (1ull << 20)
+#define MB_RETAIN_MAX (64ull << 20)
 #define MB_PUNCH_MAX 64
 #define MB_HUGE ((uint64_t)DKSHM_MAX_CAPACITY)
 
@@ -168,6 +180,7 @@ typedef struct mbRoot { /* in the segment, at hdr->allocRoot */
     uint64_t usedBytes;           /* slot or block size of live allocations */
     uint64_t allocations;         /* live allocations */
     uint64_t freePages;           /* pages in free buddy blocks */
+    uint64_t committedFree;       /* of those, pages still committed */
     uint32_t freeHead[MB_ORDERS]; /* first free block per order, MB_NIL */
     /* Event counters: relaxed atomics, outside the log on purpose. */
     uint64_t badFrees;
@@ -197,6 +210,7 @@ struct membound { /* per process */
     uint32_t shift;
     uint32_t maxOrder;
     uint32_t decommitOrder; /* free blocks of this order or more: punched */
+    uint64_t retainPages;   /* ... once committedFree would pass this */
     mbGeo geo[MB_NCLASSES];
     bool ownsSegment; /* from memboundCreate: Shutdown detaches */
     /* What the handle was built from, to notice a reused dkshm address. */
@@ -403,6 +417,14 @@ static int mbBuddyTake(mbOp *op, uint32_t k, uint8_t kind, uint32_t *out) {
     if (j > m->maxOrder)
         return DKSHM_FULL;
     uint32_t i = mbLoad32(&r->freeHead[j]);
+    /* A committed block near the head saves a commit and its page faults. */
+    for (uint32_t c = i, n = 0; n < 8 && c < m->nPages; n++) {
+        if (mbCtrl(m, c) & MB_COMMITTED) {
+            i = c;
+            break;
+        }
+        c = mbLoad32(mbNext(m, c));
+    }
     if (i >= m->nPages || (i & ((1u << j) - 1)))
         return DKSHM_CORRUPT; /* cheap guard; memboundCheck says more */
     uint8_t committed = mbCtrl(m, i) & MB_COMMITTED;
@@ -412,11 +434,15 @@ static int mbBuddyTake(mbOp *op, uint32_t k, uint8_t kind, uint32_t *out) {
             return rc;
     }
     mbListRemove(op, &r->freeHead[j], i);
+    if (committed) /* the halves split off below are added back */
+        mbAdd64(op, &r->committedFree, -(int64_t)(1ull << j));
     while (j > k) { /* split: the upper half stays free */
         j--;
         uint32_t b = i + (1u << j);
         mbListPush(op, &r->freeHead[j], b);
         mbSet8(op, &m->ctrl[b], (uint8_t)(MB_FREE | j | committed));
+        if (committed)
+            mbAdd64(op, &r->committedFree, (int64_t)(1ull << j));
     }
     mbSet8(op, &m->ctrl[i], (uint8_t)(kind | k | MB_COMMITTED));
     mbAdd64(op, &r->freePages, -(int64_t)(1ull << k));
@@ -424,12 +450,15 @@ static int mbBuddyTake(mbOp *op, uint32_t k, uint8_t kind, uint32_t *out) {
     return DKSHM_OK;
 }
 
-/* Give the allocated block (I, K) back, merging with free buddies. */
-static void mbBuddyFree(mbOp *op, uint32_t i, uint32_t k) {
+/* Give the allocated block (I, K) back, merging with free buddies. With
+ * RELEASE, keep nothing committed that merging or size would punch (the
+ * retention budget counts as spent). */
+static void mbBuddyFree(mbOp *op, uint32_t i, uint32_t k, bool release) {
     membound *m = op->m;
     mbRoot *r = m->root;
     uint32_t k0 = k;
     bool committed = true; /* an allocated block always is */
+    uint64_t retain = release ? 0 : m->retainPages;
     mbSet8(op, &m->ctrl[i], MB_NONE);
     while (k < m->maxOrder) {
         uint32_t b = i ^ (1u << k);
@@ -438,23 +467,70 @@ static void mbBuddyFree(mbOp *op, uint32_t i, uint32_t k) {
         uint8_t cb = mbCtrl(m, b);
         if ((cb & (MB_KIND | MB_ORDER)) != (MB_FREE | k))
             break;
-        mbListRemove(op, &r->freeHead[k], b);
-        mbSet8(op, &m->ctrl[b], MB_NONE);
-        if (committed != ((cb & MB_COMMITTED) != 0)) {
-            /* Keep each free block wholly committed or wholly not:
-             * return the committed half to the kernel. */
+        bool bc = (cb & MB_COMMITTED) != 0;
+        uint64_t kept = mbLoad64(&r->committedFree);
+        if (committed != bc) {
+            /* Merging would mix the two. Within the budget, leave the
+             * committed one committed and the pair unmerged; past it,
+             * return the committed half to the kernel and merge. */
+            if (committed ? kept + (1ull << k) <= retain : kept <= retain)
+                break;
             mbPunch(op, committed ? i : b, k);
             committed = false;
         }
+        mbListRemove(op, &r->freeHead[k], b);
+        if (bc)
+            mbAdd64(op, &r->committedFree, -(int64_t)(1ull << k));
+        mbSet8(op, &m->ctrl[b], MB_NONE);
         i &= ~(1u << k);
         k++;
     }
-    if (committed && k >= m->decommitOrder && mbPunch(op, i, k))
+    if (committed && k >= m->decommitOrder &&
+        mbLoad64(&r->committedFree) + (1ull << k) > retain &&
+        mbPunch(op, i, k))
         committed = false;
     mbListPush(op, &r->freeHead[k], i);
     mbSet8(op, &m->ctrl[i],
            (uint8_t)(MB_FREE | k | (committed ? MB_COMMITTED : 0)));
+    if (committed)
+        mbAdd64(op, &r->committedFree, (int64_t)(1ull << k));
     mbAdd64(op, &r->freePages, (int64_t)(1ull << k0));
+}
+
+static void mbCheckpoint(mbOp *op);
+
+/* Punch and merge every committed free block that stays apart from its
+ * free uncommitted buddy (see COMMIT AND DECOMMIT), for an allocation
+ * that found no block large enough. One committed step per block, so the
+ * log never holds more than one merge chain. True if any merged. */
+static bool mbConsolidate(mbOp *op) {
+    membound *m = op->m;
+    mbRoot *r = m->root;
+    bool merged = false;
+    for (uint32_t k = 0; k < m->maxOrder; k++) {
+        uint32_t i = mbLoad32(&r->freeHead[k]);
+        for (uint64_t steps = 0; i < m->nPages && steps < m->nPages; steps++) {
+            uint32_t b = i ^ (1u << k);
+            uint8_t ci = mbCtrl(m, i);
+            if (!(ci & MB_COMMITTED) || b >= m->nPages ||
+                (mbCtrl(m, b) & (MB_KIND | MB_ORDER | MB_COMMITTED)) !=
+                    (MB_FREE | k)) {
+                i = mbLoad32(mbNext(m, i));
+                continue;
+            }
+            /* Take I off the list as if allocated, then free it releasing:
+             * it is punched and merges upward. */
+            mbListRemove(op, &r->freeHead[k], i);
+            mbAdd64(op, &r->committedFree, -(int64_t)(1ull << k));
+            mbAdd64(op, &r->freePages, -(int64_t)(1ull << k));
+            mbSet8(op, &m->ctrl[i], (uint8_t)(MB_BUDDY | k | MB_COMMITTED));
+            mbBuddyFree(op, i, k, true);
+            mbCheckpoint(op);
+            merged = true;
+            i = mbLoad32(&r->freeHead[k]); /* the list changed */
+        }
+    }
+    return merged;
 }
 
 /* Commit the log so far (the operation's changes up to here are final),
@@ -483,7 +559,7 @@ static void mbSlabRelease(mbOp *op, uint32_t h, int c) {
     for (uint32_t t = 1; t < (1u << o); t++)
         mbSet8(op, &m->ctrl[h + t], MB_NONE);
     mbAdd64(op, &cl->slabs, -1);
-    mbBuddyFree(op, h, o);
+    mbBuddyFree(op, h, o, false);
 }
 
 /* The buddy level is full: give back every empty slab, each as its own
@@ -513,6 +589,8 @@ static int mbReleaseEmptySlabs(mbOp *op) {
 static int mbBuddyAlloc(mbOp *op, uint32_t k, uint8_t kind, uint32_t *out) {
     int rc = mbBuddyTake(op, k, kind, out);
     if (rc == DKSHM_FULL && mbReleaseEmptySlabs(op) > 0)
+        rc = mbBuddyTake(op, k, kind, out);
+    if (rc == DKSHM_FULL && mbConsolidate(op))
         rc = mbBuddyTake(op, k, kind, out);
     return rc;
 }
@@ -658,7 +736,7 @@ static int mbFreeLocked(mbOp *op, dkoff off) {
     }
     mbAdd64(op, &op->m->root->usedBytes, -(int64_t)b.size);
     mbAdd64(op, &op->m->root->allocations, -1);
-    mbBuddyFree(op, b.page, b.order);
+    mbBuddyFree(op, b.page, b.order, false);
     return DKSHM_OK;
 }
 
@@ -680,6 +758,7 @@ static void mbLayout(mbOp *op) {
     mbSet64(op, &r->usedBytes, 0);
     mbSet64(op, &r->allocations, 0);
     mbSet64(op, &r->freePages, m->nPages);
+    mbSet64(op, &r->committedFree, 0);
     /* The largest aligned blocks that tile [0, nPages): one per set bit
      * of nPages, the largest at page 0. */
     for (uint64_t i = 0; i < m->nPages;) {
@@ -835,6 +914,11 @@ static int mbFill(membound *m, dkshm *s, dkoff rootOff) {
     m->decommitOrder = 0;
     while ((1ull << (m->decommitOrder + m->shift)) < MB_DECOMMIT_BYTES)
         m->decommitOrder++;
+    uint64_t retain = ((uint64_t)n << m->shift) / 8;
+    retain = retain < MB_RETAIN_MIN ? MB_RETAIN_MIN
+             : retain > MB_RETAIN_MAX ? MB_RETAIN_MAX
+                                      : retain;
+    m->retainPages = retain >> m->shift;
     m->keyBase = s->base;
     m->keySize = s->size;
     m->keySum = h->checksum;
@@ -1341,7 +1425,7 @@ mbFail(char *why, size_t whyLen, const char *fmt, ...) {
 }
 
 typedef struct mbTally { /* per process: what a check walk found */
-    uint64_t freeHeads, freePages, buddyBlocks, buddyBytes;
+    uint64_t freeHeads, freePages, committedFree, buddyBlocks, buddyBytes;
     uint64_t slabs[MB_NCLASSES], used[MB_NCLASSES], open[MB_NCLASSES];
 } mbTally;
 
@@ -1439,6 +1523,8 @@ static int mbCheckPages(const membound *m, mbTally *t, char *why, size_t len) {
             if ((c & MB_KIND) == MB_FREE) {
                 t->freeHeads++;
                 t->freePages += n;
+                if (c & MB_COMMITTED)
+                    t->committedFree += n;
             } else {
                 if (!(c & MB_COMMITTED))
                     return mbFail(why, len,
@@ -1475,9 +1561,12 @@ static int mbCheckLists(const membound *m, const mbTally *t, char *why,
             if (mbLoad32(mbPrev(m, i)) != prev)
                 return mbFail(why, len, "free list %u: bad back link at %u", k,
                               i);
+            /* Free buddies merge unless one is committed and the other
+             * not (kept apart within the retention budget). */
             uint32_t b = i ^ (1u << k);
             if (k < m->maxOrder && b < m->nPages &&
-                (mbCtrl(m, b) & (MB_KIND | MB_ORDER)) == (MB_FREE | k))
+                (mbCtrl(m, b) & (MB_KIND | MB_ORDER | MB_COMMITTED)) ==
+                    (MB_FREE | k | (mbCtrl(m, i) & MB_COMMITTED)))
                 return mbFail(why, len,
                               "free buddies %u and %u of order %u not merged",
                               i, b, k);
@@ -1495,6 +1584,11 @@ static int mbCheckLists(const membound *m, const mbTally *t, char *why,
         return mbFail(why, len, "free pages: counter %llu, found %llu",
                       (unsigned long long)mbLoad64(&r->freePages),
                       (unsigned long long)t->freePages);
+    if (mbLoad64(&r->committedFree) != t->committedFree)
+        return mbFail(why, len,
+                      "committed free pages: counter %llu, found %llu",
+                      (unsigned long long)mbLoad64(&r->committedFree),
+                      (unsigned long long)t->committedFree);
     for (int c = 0; c < MB_NCLASSES; c++) {
         const mbGeo *g = &m->geo[c];
         uint32_t prev = MB_NIL, i = mbLoad32(&r->cls[c].partial);
@@ -1616,6 +1710,11 @@ int memboundForEachAllocation(membound *m, memboundVisitFn fn, void *ctx) {
     if (locked)
         mbUnlock(&op);
     return rc;
+}
+
+void memboundSetRetainBytes(membound *m, uint64_t bytes) {
+    if (m)
+        m->retainPages = bytes >> m->shift;
 }
 
 int memboundLockState(membound *m, fastMutexState *out) {

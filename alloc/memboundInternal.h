@@ -40,6 +40,11 @@ int memboundFreeInflight(membound *m, dkoff off);
 /* The allocator lock's state, for `dkshm-tool info`. Writes nothing. */
 int memboundLockState(membound *m, fastMutexState *out);
 
+/* How much freed memory this process's frees keep committed for reuse
+ * before punching it out (default: an eighth of the heap, 1 to 64 MiB;
+ * 0: punch at once, as tests of merging want). Per handle. */
+void memboundSetRetainBytes(membound *m, uint64_t bytes);
+
 /* Call FN(CTX, offset, usable size) for every live allocation, in address
  * order, under the allocator lock (no lock on a read-only handle: then the
  * walk is best effort). FN must not call the allocator. A non-zero return

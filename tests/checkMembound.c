@@ -624,6 +624,50 @@ START_TEST(test_decommit) {
 }
 END_TEST
 
+/* Freed memory within the retention budget stays committed: a program
+ * that frees and allocates 64 KiB blocks in turn reuses the same pages,
+ * resident, instead of punching them and faulting them in each time. */
+START_TEST(test_retain_reuse) {
+    size_t len = 64 * 1024;
+    char *first = NULL;
+    for (int i = 0; i < 200; i++) {
+        char *p = memboundAlloc(mb, len);
+        ck_assert_ptr_nonnull(p);
+        if (!first)
+            first = p;
+        ck_assert_ptr_eq(p, first);
+        memset(p, i, len);
+        ck_assert_int_eq(memboundFree(mb, p), DKSHM_OK);
+        ck_assert_uint_eq(residentPages(first, len), len / 4096);
+    }
+    TEST_ASSERT_CHECK(memboundCheck, mb);
+}
+END_TEST
+
+/* ... and past the budget (an eighth of a 64 MiB heap: 8 MiB) the rest
+ * goes back to the kernel. */
+START_TEST(test_retain_budget) {
+    testDropSegment(&seg, &mb);
+    testMakeSegment("budget", 64 * MiB, NULL, &seg, &mb);
+    char *p[24];
+    for (int i = 0; i < 24; i++) {
+        p[i] = memboundAlloc(mb, 1 * MiB);
+        ck_assert_ptr_nonnull(p[i]);
+        memset(p[i], 0x33, 1 * MiB);
+    }
+    dkshmInfo info;
+    ck_assert_int_eq(dkshmGetInfo(seg, &info), DKSHM_OK);
+    ck_assert_uint_ge(info.residentBytes, 24 * MiB);
+    for (int i = 0; i < 24; i++)
+        ck_assert_int_eq(memboundFree(mb, p[i]), DKSHM_OK);
+    ck_assert_int_eq(dkshmGetInfo(seg, &info), DKSHM_OK);
+    fprintf(stderr, "retain: %llu KiB resident after freeing 24 MiB\n",
+            (unsigned long long)info.residentBytes / 1024);
+    ck_assert_uint_le(info.residentBytes, 8 * MiB + 2 * MiB);
+    TEST_ASSERT_CHECK(memboundCheck, mb);
+}
+END_TEST
+
 /* ---- density ------------------------------------------------------------ */
 
 START_TEST(test_million_80) {
@@ -1083,6 +1127,7 @@ START_TEST(test_crash_alloc_buddy_split) {
 END_TEST
 
 START_TEST(test_crash_free_buddy_merge) {
+    memboundSetRetainBytes(mb, 0); /* merge and punch at once */
     isolateTopBlock();
     walk w = {.size = 4096, .isFree = true, .prepare = prepareFree};
     crashWalk(&w);
@@ -1094,6 +1139,7 @@ END_TEST
 /* In flight -> allocator, as containers free: whether the free happened or
  * not, reaping the dead child leaves nothing behind. */
 START_TEST(test_crash_free_inflight) {
+    memboundSetRetainBytes(mb, 0);
     isolateTopBlock();
     walk w = {.size = 4096, .freeInflight = true};
     crashWalk(&w);
@@ -1102,10 +1148,45 @@ START_TEST(test_crash_free_inflight) {
 END_TEST
 
 START_TEST(test_crash_free_big_decommit) {
+    memboundSetRetainBytes(mb, 0);
     isolateTopBlock();
     walk w = {.size = 1 * MiB, .isFree = true, .prepare = prepareFree};
     crashWalk(&w);
     ck_assert_int_gt(w.deaths, 10);
+}
+END_TEST
+
+/* A committed free block kept apart from its uncommitted free buddy must
+ * not make a large allocation fail: it is punched and merged first. */
+static void keepOneApart(walk *w) {
+    (void)w;
+    dkoff off;
+    ck_assert_int_eq(memboundAllocOff(mb, 64 * 1024, &off), DKSHM_OK);
+    ck_assert_int_eq(memboundFreeOff(mb, off), DKSHM_OK);
+}
+
+START_TEST(test_consolidate) {
+    isolateTopBlock();
+    memboundStats st = testAllocStats(mb);
+    uint64_t top = st.largestFree;
+    keepOneApart(NULL);
+    st = testAllocStats(mb);
+    ck_assert_uint_lt(st.largestFree, top); /* the top block is split */
+    dkoff off;
+    ck_assert_int_eq(memboundAllocOff(mb, top, &off), DKSHM_OK);
+    TEST_ASSERT_CHECK(memboundCheck, mb);
+    ck_assert_int_eq(memboundFreeOff(mb, off), DKSHM_OK);
+    TEST_ASSERT_CHECK(memboundCheck, mb);
+}
+END_TEST
+
+/* The allocation that must consolidate first, killed at every point. */
+START_TEST(test_crash_consolidate) {
+    isolateTopBlock();
+    walk w = {.size = testAllocStats(mb).largestFree, .prepare = keepOneApart};
+    crashWalk(&w);
+    ck_assert_int_gt(w.deaths, 20);
+    fprintf(stderr, "crash walk alloc (consolidate): %ld points\n", w.deaths);
 }
 END_TEST
 
@@ -1359,7 +1440,10 @@ static Suite *memboundSuite(void) {
         {"stats",
          {test_stats_exact, test_fragmentation, test_process_counters},
          30},
-        {"decommit", {test_decommit}, 60},
+        {"decommit",
+         {test_decommit, test_retain_reuse, test_retain_budget,
+          test_consolidate},
+         60},
         {"density", {test_million_80}, 120},
         {"multiProcess",
          {test_procs_2, test_procs_4, test_procs_8, test_pool_fork,
@@ -1371,7 +1455,7 @@ static Suite *memboundSuite(void) {
           test_crash_free_inflight, test_crash_free_big_decommit,
           test_crash_free_slab, test_crash_free_slab_release,
           test_crash_reclaim, test_crash_reset, test_inflight_two_logs,
-          test_unreaped_pool},
+          test_unreaped_pool, test_crash_consolidate},
          300},
         {"check", {test_check_damage}, 120},
     };

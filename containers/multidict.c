@@ -77,12 +77,10 @@
  * allocator lock is the only order ever taken), except for values larger
  * than MD_INPLACE_MAX, which are copied into their block before locking.
  *
- * THREADS. The handle is read-only after open and shared freely. Adds to a
- * process's in-flight list made by different threads under different locks
- * would race for the same free entry (dkInflightAdd takes the first zero
- * entry without a compare-and-swap), so ours go through one process-local
- * mutex (mdInflightLock); it is taken inside the shard lock and never held
- * across anything but the add or the allocation.
+ * THREADS. The handle is read-only after open and shared freely. The
+ * process's in-flight list is shared by its threads; shm/ makes that safe
+ * (a claim is a compare-and-swap, and an entry one lock's operation emptied
+ * is not refilled under another lock until that operation commits).
  *
  * OWNERSHIP (RECOVERY.md §1). Every block is owned by the allocator, by this
  * process's in-flight list, or by the map (the root through the directory,
@@ -122,7 +120,6 @@
 #include "segmentInternal.h"
 #include "seqlock.h"
 
-#include <pthread.h>
 #include <sched.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -255,11 +252,6 @@ typedef struct mdOp { /* per process */
     dkoff garbage[MD_GARBAGE_MAX];
 } mdOp;
 
-/* Adds to this process's in-flight list from different threads, each
- * under its own lock, must not race for the same free entry
- * (dkInflightAdd picks the first zero entry without a compare-and-swap):
- * this process-local mutex serialises ours. */
-static pthread_mutex_t mdInflightLock = PTHREAD_MUTEX_INITIALIZER;
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -503,17 +495,13 @@ static int mdCheckKey(const multidict *d, const void *key, size_t klen) {
 /* ---- in flight ---------------------------------------------------------- */
 
 static int mdAllocInflight(multidict *d, uint64_t size, dkoff *out) {
-    pthread_mutex_lock(&mdInflightLock);
     int rc = memboundAllocInflight(d->mb, size, out);
-    pthread_mutex_unlock(&mdInflightLock);
     DKSHM_CRASHPOINT();
     return rc;
 }
 
 static int mdInflightAdd(mdOp *op, dkoff off) {
-    pthread_mutex_lock(&mdInflightLock);
     int rc = dkInflightAdd(op->s, op->log, off);
-    pthread_mutex_unlock(&mdInflightLock);
     return rc;
 }
 
@@ -1943,9 +1931,7 @@ static int mdMakeRoot(dkshm *s, membound *mb, const multidictOptions *opt,
     uint32_t stride = mdStride(refLog2);
     uint64_t bytes = mdRootBytes(bits, stride);
     dkoff off;
-    pthread_mutex_lock(&mdInflightLock);
     int rc = memboundAllocInflight(mb, bytes, &off);
-    pthread_mutex_unlock(&mdInflightLock);
     if (rc != DKSHM_OK)
         return rc;
     uint8_t *p = dkPtr(s, off);

@@ -112,11 +112,10 @@
  * writer retries. Reaping the dead process then frees what its in-flight
  * list still holds.
  *
- * THREADS. In-flight entries are per process. dkInflightAdd takes the
- * first zero entry without a compare-and-swap, and a rollback restores
- * entries it had cleared, so this file serialises its own in-flight changes
- * between threads with a process-local mutex (mmInflightMutex), held from a
- * writer's first change to its commit and around its allocations.
+ * THREADS. In-flight entries are per process and shared by its threads;
+ * shm/ makes that safe (a claim is a compare-and-swap, and an entry one
+ * lock's operation emptied is not refilled under another lock until that
+ * operation commits), so writers of different maps run in parallel.
  */
 #include "config.h"
 
@@ -127,7 +126,6 @@
 #include "seqlock.h"
 
 #include <errno.h>
-#include <pthread.h>
 #include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -304,7 +302,6 @@ typedef struct mmOp { /* per process */
     bool rightmost[MM_MAX_LEVELS];
 } mmOp;
 
-static pthread_mutex_t mmInflightMutex = PTHREAD_MUTEX_INITIALIZER;
 
 #define LD64(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
 #define LD32(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
@@ -1174,9 +1171,7 @@ static int mmLock(multimap *m, mmOp *op) {
 static int mmAllocFresh(mmOp *op, uint64_t size, dkoff *out) {
     if (op->writing || op->nFresh >= MM_FRESH_MAX)
         return DKSHM_FULL;
-    pthread_mutex_lock(&mmInflightMutex);
     int rc = memboundAllocInflight(op->t->mb, (size_t)size, out);
-    pthread_mutex_unlock(&mmInflightMutex);
     if (rc != DKSHM_OK)
         return rc;
     op->fresh[op->nFresh] = *out;
@@ -1185,11 +1180,10 @@ static int mmAllocFresh(mmOp *op, uint64_t size, dkoff *out) {
     return DKSHM_OK;
 }
 
-/* Phase 2 starts: seq odd, in-flight changes serialised. */
+/* Phase 2 starts: seq odd. */
 static void mmBegin(mmOp *op, uint32_t what) {
     if (op->writing)
         return;
-    pthread_mutex_lock(&mmInflightMutex);
     op->log->op = what;
     dkSeqWriteBegin(&op->h->seq);
     op->writing = true;
@@ -1201,7 +1195,6 @@ static void mmBegin(mmOp *op, uint32_t what) {
 static void mmBeginQuiet(mmOp *op, uint32_t what) {
     if (op->writing)
         return;
-    pthread_mutex_lock(&mmInflightMutex);
     op->log->op = what;
     op->writing = true;
     op->quiet = true;
@@ -1255,7 +1248,6 @@ static void mmEnd(mmOp *op, bool ok) {
     else
         dkSeqWriteEnd(op->log, &op->h->seq);
     op->writing = false;
-    pthread_mutex_unlock(&mmInflightMutex);
 }
 
 /* After mmEnd: free what the op leaves in flight. */
@@ -2087,9 +2079,7 @@ static int mmMakeHeader(dkshm *s, membound *mb, uint32_t keyMode,
                         uint32_t hflags, dkoff versionOf, const char *name,
                         dkoff *out) {
     dkoff off;
-    pthread_mutex_lock(&mmInflightMutex);
     int rc = memboundAllocInflight(mb, MM_BLOCK_BYTES, &off);
-    pthread_mutex_unlock(&mmInflightMutex);
     if (rc != DKSHM_OK)
         return rc;
     /* Built aside, then stored word by word: the block may be memory an
@@ -2294,9 +2284,7 @@ static int mmDropPending(multimap *m, multimap *d, bool bound) {
         if (rc != DKSHM_OK)
             return rc;
     }
-    /* Not a change readers can see: no seq, but the log and the in-flight
-     * mutex all the same. */
-    pthread_mutex_lock(&mmInflightMutex);
+    /* Not a change readers can see: no seq, but the log all the same. */
     m->log->op = MM_OP_CLEANUP;
     dkUndoSet64(m->s, m->log, &m->h->pendingDup, 0);
     if (!bound) {
@@ -2305,7 +2293,6 @@ static int mmDropPending(multimap *m, multimap *d, bool bound) {
             dkUndoRollback(m->s, m->log);
     }
     dkUndoCommit(m->log);
-    pthread_mutex_unlock(&mmInflightMutex);
     if (rc == DKSHM_OK && !bound)
         memboundFreeInflight(m->mb, d->off);
     return rc;
@@ -2404,13 +2391,11 @@ DKSHM_API int multimapDuplicate(multimap *m, const char *newName,
         return rc;
     }
     /* The copy hangs off our header from now on. */
-    pthread_mutex_lock(&mmInflightMutex);
     m->log->op = MM_OP_DUP;
     rc = dkInflightRemove(s, m->log, dOff);
     if (rc == DKSHM_OK)
         dkUndoSet64(s, m->log, &m->h->pendingDup, dOff);
     dkUndoCommit(m->log);
-    pthread_mutex_unlock(&mmInflightMutex);
     if (rc != DKSHM_OK) {
         mmUnlock(&lk);
         memboundFreeInflight(m->mb, dOff);

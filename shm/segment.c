@@ -405,8 +405,10 @@ int dkInflightAdd(dkshm *s, dkUndo *log, dkoff off) {
     dkProcSlot *p = dkSelfSlot(s);
     for (int j = 0; j < DK_INFLIGHT_MAX; j++) {
         /* Threads of this process add under different locks: claim the
-         * entry with a CAS first, then log and fill it. A rollback puts
-         * the claim mark back, which reclaim drops (it is never a block). */
+         * entry with a CAS first, then log and fill it. The log says the
+         * entry was empty, so a rollback (a reaper's, or a live abort's)
+         * frees it; a death between claim and log leaves the claim mark,
+         * which reap drops (it is never a block). */
         uint64_t *e = &p->inflight[j];
         uint64_t zero = 0;
         if (__atomic_load_n(e, __ATOMIC_RELAXED) != 0 ||
@@ -420,7 +422,7 @@ int dkInflightAdd(dkshm *s, dkUndo *log, dkoff off) {
             __atomic_store_n(e, 0, __ATOMIC_RELEASE);
             continue;
         }
-        dkUndoSet64(s, log, e, off);
+        dkUndoSet64Was(s, log, e, 0, off);
         return DKSHM_OK;
     }
     return DKSHM_FULL;

@@ -55,6 +55,13 @@ void dkUndoSet64(dkshm *s, dkUndo *u, uint64_t *p, uint64_t v) {
     DKSHM_CRASHPOINT();
 }
 
+void dkUndoSet64Was(dkshm *s, dkUndo *u, uint64_t *p, uint64_t was,
+                    uint64_t v) {
+    undoAppend(s, u, p, 8, was);
+    __atomic_store_n(p, v, __ATOMIC_RELEASE);
+    DKSHM_CRASHPOINT();
+}
+
 void dkUndoSet32(dkshm *s, dkUndo *u, uint32_t *p, uint32_t v) {
     undoAppend(s, u, p, 4, __atomic_load_n(p, __ATOMIC_RELAXED));
     __atomic_store_n(p, v, __ATOMIC_RELEASE);

@@ -38,6 +38,10 @@ void dkUndoInit(dkUndo *u, uint32_t cap);
 
 /* Record the current value of the word at P, then store V into it. */
 void dkUndoSet64(dkshm *s, dkUndo *u, uint64_t *p, uint64_t v);
+/* The same, recording WAS as the old value (a word reserved with a
+ * placeholder before it was logged: rolling back clears the reservation). */
+void dkUndoSet64Was(dkshm *s, dkUndo *u, uint64_t *p, uint64_t was,
+                    uint64_t v);
 void dkUndoSet32(dkshm *s, dkUndo *u, uint32_t *p, uint32_t v);
 void dkUndoSet8(dkshm *s, dkUndo *u, uint8_t *p, uint8_t v);
 /* Record LEN bytes at P (a multiple of 8, 8-aligned), then copy SRC in. */

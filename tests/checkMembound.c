@@ -1383,6 +1383,30 @@ static int nestAndDie(void *arg) {
     return 4;
 }
 
+/* An operation that adds to the in-flight list and then fails (rolled
+ * back by its own process) leaves the entry free, not reserved: a process
+ * whose writes keep failing never runs out of in-flight entries. */
+START_TEST(test_inflight_abort_frees_entry) {
+    ck_assert_int_eq(memboundAllocOff(mb, 64 + DK_UNDO_BYTES(8), &nestLock),
+                     DKSHM_OK);
+    fastMutex *a = dkshmPtr(seg, nestLock);
+    dkUndo *log = dkshmPtr(seg, nestLock + 64);
+    dkUndoInit(log, 8);
+    ck_assert_int_eq(fastMutexInit(seg, a, nestLock + 64), DKSHM_OK);
+    ck_assert_int_eq(fastMutexLock(seg, a), DKSHM_OK);
+    for (int i = 0; i < 3 * DK_INFLIGHT_MAX; i++) {
+        ck_assert_int_eq(dkInflightAdd(seg, log, nestLock), DKSHM_OK);
+        ck_assert_int_eq(dkUndoRollback(seg, log), DKSHM_OK);
+    }
+    ck_assert_int_eq(fastMutexUnlock(seg, a), DKSHM_OK);
+    dkshmProcInfo info[8];
+    size_t n = 0;
+    ck_assert_int_eq(dkshmProcList(seg, info, 8, &n), DKSHM_OK);
+    for (size_t i = 0; i < n && i < 8; i++)
+        ck_assert_uint_eq(info[i].inflight, 0);
+}
+END_TEST
+
 START_TEST(test_inflight_two_logs) {
     ck_assert_int_eq(memboundAllocOff(mb, 64 + DK_UNDO_BYTES(8), &nestLock),
                      DKSHM_OK);
@@ -1455,6 +1479,7 @@ static Suite *memboundSuite(void) {
           test_crash_free_inflight, test_crash_free_big_decommit,
           test_crash_free_slab, test_crash_free_slab_release,
           test_crash_reclaim, test_crash_reset, test_inflight_two_logs,
+          test_inflight_abort_frees_entry,
           test_unreaped_pool, test_crash_consolidate},
          300},
         {"check", {test_check_damage}, 120},

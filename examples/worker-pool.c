@@ -205,8 +205,13 @@ int main(int argc, char **argv) {
         pids[i] = fork();
         if (pids[i] < 0)
             return fail("fork", DKSHM_SYSTEM);
-        if (pids[i] == 0)
-            _exit(worker(s, i, dbLimit));
+        if (pids[i] == 0) {
+            /* Leave the process table cleanly: a worker that just exits
+             * stays listed as dead until someone reaps it. */
+            int st = worker(s, i, dbLimit);
+            dkshmDetach(s);
+            _exit(st);
+        }
     }
     for (long n = 0; n < jobs; n++) {
         job j = {.id = (uint64_t)n, .user = (uint32_t)(n % USERS)};

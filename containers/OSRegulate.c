@@ -22,7 +22,9 @@
  * process killed inside a call leaves the regulator as before the call or
  * after it. A reclaim of many dead holders commits after each one, so it
  * never needs more than a few records. Permits a killed process held are
- * reclaimed as above: the regulator needs no reaping of its own.
+ * reclaimed as above, or on demand by OSRegulateReclaim (dkshm-tool reap):
+ * the regulator needs no reaping of its own, but an operator need not wait
+ * for the limit to be reached to see them back.
  */
 #include "config.h"
 
@@ -333,6 +335,41 @@ DKSHM_API int OSRegulateTryRate(OSRegulate *h, uint32_t n) {
     return rc;
 }
 
+/* Permits of holders that are dead now, read without the lock (a hint that
+ * may be stale by the time it returns); never more than held. */
+static uint32_t deadHeld(OSRegulate *h) {
+    const osrRoot *r = h->r;
+    uint64_t dead = 0;
+    for (uint32_t i = 0; i < r->maxProcs; i++) {
+        uint64_t e = __atomic_load_n(&r->perProc[i], __ATOMIC_RELAXED);
+        if ((uint32_t)e != 0 &&
+            !dkOwnerAlive(h->s, DK_ID_MAKE(i, (uint32_t)(e >> 32))))
+            dead += (uint32_t)e;
+    }
+    uint32_t held = __atomic_load_n(&r->held, __ATOMIC_RELAXED);
+    return dead < held ? (uint32_t)dead : held;
+}
+
+DKSHM_API int OSRegulateReclaim(OSRegulate *h, uint32_t *reclaimed) {
+    if (reclaimed)
+        *reclaimed = 0;
+    if (!h)
+        return DKSHM_INVALID;
+    if (h->s->readOnly)
+        return DKSHM_READONLY;
+    uint32_t slot, gen;
+    int rc = lockRoot(h, &slot, &gen);
+    if (rc != DKSHM_OK)
+        return rc;
+    uint32_t back = reclaimDead(h);
+    if (back > 0)
+        fastCondBroadcast(h->s, &h->r->freed);
+    unlockRoot(h);
+    if (reclaimed)
+        *reclaimed = back;
+    return DKSHM_OK;
+}
+
 DKSHM_API int OSRegulateGetStats(OSRegulate *h, OSRegulateStats *out) {
     if (!h || !out)
         return DKSHM_INVALID;
@@ -346,6 +383,7 @@ DKSHM_API int OSRegulateGetStats(OSRegulate *h, OSRegulateStats *out) {
     out->acquired = __atomic_load_n(&r->acquired, __ATOMIC_RELAXED);
     out->reclaimed = __atomic_load_n(&r->reclaimed, __ATOMIC_RELAXED);
     out->rateDenied = __atomic_load_n(&r->rateDenied, __ATOMIC_RELAXED);
+    out->deadHeld = deadHeld(h);
     uint32_t id;
     if (!h->s->readOnly && dkSelf(h->s, &id) == DKSHM_OK) {
         uint32_t slot = id & ((1u << DK_ID_SLOT_BITS) - 1);

@@ -5,7 +5,8 @@
  *     (a process-wide semaphore). A permit held by a process that dies is
  *     given back automatically: permits are counted per process-table slot,
  *     so an acquirer that finds the limit reached reclaims the permits of
- *     dead holders before it waits.
+ *     dead holders before it waits. OSRegulateReclaim does the same on
+ *     demand (dkshm-tool reap calls it).
  *   - rate: a token bucket of ratePerSec tokens per second holding at most
  *     burst tokens; OSRegulateTryRate takes tokens or says BUSY.
  * Found by name in the segment's directory (type OSREGULATE_TYPE).
@@ -14,8 +15,9 @@
  * call is thread- and process-safe. Permits belong to the process, not the
  * thread: any thread may release a permit another thread of the same
  * process acquired. Acquire may block (with a timeout); the rest does not,
- * beyond the regulator's robust lock. OSRegulateClose must not race other
- * calls on the same handle.
+ * beyond the regulator's robust lock. A read-only attachment (DKSHM_RDONLY)
+ * may open, stat and check; the rest returns DKSHM_READONLY. OSRegulateClose
+ * must not race other calls on the same handle.
  */
 #ifndef DKSHM_OSREGULATE_H
 #define DKSHM_OSREGULATE_H
@@ -77,9 +79,21 @@ typedef struct OSRegulateStats { /* per process */
     uint64_t acquired;  /* permits handed out since creation */
     uint64_t reclaimed; /* permits taken back from dead holders */
     uint64_t rateDenied;
+    uint32_t deadHeld; /* of held: permits of holders that are dead now */
 } OSRegulateStats;
 
+/* Statistics, read without the lock (each word atomically). deadHeld asks
+ * the process table whether each holder is alive, so it costs a look at
+ * /proc per process that holds permits. OK or INVALID. */
 DKSHM_API int OSRegulateGetStats(OSRegulate *r, OSRegulateStats *out);
+
+/* Give back now the permits of holders that are dead (what an acquirer
+ * that finds every permit out does by itself), waking waiters if any came
+ * back; *RECLAIMED (may be NULL) gets how many. A holder killed at any
+ * point leaves each dead holder's permits wholly reclaimed or not at all.
+ * OK, INVALID (null R), READONLY (read-only attachment), or an error of
+ * the lock. Blocks only on the regulator's lock. */
+DKSHM_API int OSRegulateReclaim(OSRegulate *r, uint32_t *reclaimed);
 
 /* Verify the regulator: bounds, the per-process counts adding up to held,
  * held <= maxHolders, tokens <= burst. CORRUPT with a reason in WHY. */

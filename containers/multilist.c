@@ -41,6 +41,15 @@
  * one slice at most; a push or pop that leaves room or items behind passes
  * a wakeup on.
  *
+ * READING WITHOUT THE LOCK. multilistForEachItem (dkshm-tool dump, on a
+ * read-only handle) walks head to tail taking no lock, like an optimistic
+ * reader: it stamps the lock word, the log's record count, pushes, pops
+ * and the lock's recovery count before and after the walk, and believes
+ * the view only if nothing moved and no change was uncommitted. Every
+ * offset it follows is bounds-checked and the walk is bounded by the
+ * count (itself bounded by the heap), with every prev link checked, so a
+ * cycle shows as a return to the head.
+ *
  * BATCHES. multilistPushMany / multilistPopMany do many items per lock
  * hold, committing every few items (whenever the log has room for less
  * than one more): each item stays atomic, a crash leaves a prefix done. A
@@ -106,6 +115,8 @@
 #define ML_SPIN_NS 20000ull      /* spin before sleeping */
 #define ML_SLICE_NS 50000000ull  /* longest single sleep */
 #define ML_CHECK_ROUNDS 64       /* read-only check attempts */
+#define ML_ITEM_ROUNDS 64        /* waits for a committed state to walk */
+#define ML_ITEM_RECHECK 1024     /* items between two looks for a change */
 
 static const uint32_t mlClassSize[ML_CLASSES] = {64, 128, 256};
 
@@ -1351,4 +1362,122 @@ int multilistForEachBlock(multilist *l, multilistBlockFn fn, void *ctx) {
     if (locked)
         mlUnlock(l);
     return rc;
+}
+
+/* ---- lock-free item walk ------------------------------------------------- */
+
+/* The walk's loads of links and lengths are acquire loads; what FN reads
+ * of the items is then ordered before the closing stamp by a fence, which
+ * ThreadSanitizer does not model (and needs not: it runs on x86). */
+#if defined(__SANITIZE_THREAD__)
+#define ML_NO_FENCE 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define ML_NO_FENCE 1
+#endif
+#endif
+
+static inline uint64_t mlLoadAcq(const uint64_t *p) {
+    return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+}
+
+/* What a reader without the lock compares before and after its walk. Every
+ * committed change to the chain of items moves pushes or pops; a rollback
+ * of a dead owner's change moves recoveries; a change in progress has
+ * records in the log. The lock word itself may stay held (by a dead owner
+ * that changed nothing, or a live one between commits): that alone does
+ * not make the view torn. */
+typedef struct mlStamp { /* per call */
+    uint32_t word, recoveries, logCount;
+    uint64_t pushes, pops;
+} mlStamp;
+
+static void mlStampRead(const multilist *l, mlStamp *st) {
+    const mlRoot *r = l->root;
+    /* Whatever the walk read before this is ordered before these loads: a
+     * change it saw has its log record (published first) seen here. */
+#ifndef ML_NO_FENCE
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+#endif
+    st->word = __atomic_load_n(&r->lock.word, __ATOMIC_ACQUIRE);
+    st->logCount = __atomic_load_n(&l->log->count, __ATOMIC_ACQUIRE);
+    st->recoveries = __atomic_load_n(&r->lock.recoveries, __ATOMIC_ACQUIRE);
+    st->pushes = __atomic_load_n(&r->pushes, __ATOMIC_ACQUIRE);
+    st->pops = __atomic_load_n(&r->pops, __ATOMIC_ACQUIRE);
+}
+
+static bool mlStampSame(const mlStamp *a, const mlStamp *b) {
+    return a->word == b->word && a->recoveries == b->recoveries &&
+           a->logCount == b->logCount && a->pushes == b->pushes &&
+           a->pops == b->pops;
+}
+
+/* One walk from a committed state stamped in *A: the verdict of the walk
+ * (OK, CORRUPT, or BUSY if a look in between saw a change) and FN's
+ * value in *FNRC. */
+static int mlWalkItems(multilist *l, const mlStamp *a, multilistItemFn fn,
+                       void *ctx, uint64_t limit, int *fnRc) {
+    dkshm *s = l->s;
+    mlRoot *r = l->root;
+    uint64_t count = mlLoadAcq(&r->count);
+    dkoff head = mlLoadAcq(&r->head), tail = mlLoadAcq(&r->tail);
+    /* No more nodes than fit in the heap: a bound on the walk even when
+     * the links are torn. */
+    if ((count == 0) != (head == 0) || (head == 0) != (tail == 0) ||
+        count > s->heapSize / ML_NODE_HDR)
+        return DKSHM_CORRUPT;
+    dkoff prev = 0, off = head;
+    for (uint64_t i = 0; i < count && i < limit; i++) {
+        /* With every prev link checked, the first node met twice can only
+         * be the head (its prev means nothing): that is the cycle test. */
+        if ((i > 0 && off == head) || off < s->heap || (off & 7) ||
+            !dkRangeOk(s, off, ML_NODE_HDR))
+            return DKSHM_CORRUPT;
+        mlNode *n = mlNodeAt(l, off);
+        uint64_t cap = mlLoadAcq(&n->cap), len = mlLoadAcq(&n->len);
+        if (cap > MULTILIST_ITEM_MAX || !dkRangeOk(s, off, ML_NODE_HDR + cap) ||
+            len > cap || len > l->maxItem)
+            return DKSHM_CORRUPT;
+        if (i > 0 && mlLoadAcq(&n->prev) != prev)
+            return DKSHM_CORRUPT;
+        if (i + 1 == count && off != tail)
+            return DKSHM_CORRUPT;
+        *fnRc = fn(ctx, i, mlPayload(n), (size_t)len);
+        if (*fnRc != 0)
+            return DKSHM_OK;
+        prev = off;
+        off = mlLoadAcq(&n->next);
+        if ((i + 1) % ML_ITEM_RECHECK == 0) {
+            mlStamp b;
+            mlStampRead(l, &b);
+            if (!mlStampSame(a, &b))
+                return DKSHM_BUSY; /* give up early on a moving list */
+        }
+    }
+    return DKSHM_OK;
+}
+
+int multilistForEachItem(multilist *l, multilistItemFn fn, void *ctx,
+                         uint64_t limit) {
+    if (!l || !fn)
+        return DKSHM_INVALID;
+    mlStamp a, b;
+    for (int round = 0;; round++) {
+        mlStampRead(l, &a);
+        if (a.logCount == 0)
+            break;
+        /* Mid-change: a live owner commits in a moment; a dead one's log
+         * waits for a read-write locker. */
+        if (round + 1 >= ML_ITEM_ROUNDS)
+            return DKSHM_BUSY;
+        usleep(round < 8 ? 100 : 1000);
+    }
+    int fnRc = 0;
+    int rc = mlWalkItems(l, &a, fn, ctx, limit, &fnRc);
+    mlStampRead(l, &b);
+    if (!mlStampSame(&a, &b))
+        return DKSHM_BUSY;
+    if (rc != DKSHM_OK)
+        return rc;
+    return fnRc;
 }

@@ -806,6 +806,235 @@ START_TEST(test_read_only) {
 }
 END_TEST
 
+/* ---- multilistForEachItem ------------------------------------------------ */
+
+typedef struct itemSeen { /* per process */
+    char items[64][32];
+    uint64_t index[64];
+    int n;
+    int stopAt; /* return 7 at this item; -1: never */
+} itemSeen;
+
+static int collectItem(void *ctx, uint64_t index, const void *item,
+                       size_t len) {
+    itemSeen *v = ctx;
+    if (v->n < 64 && len < 32) {
+        memcpy(v->items[v->n], item, len);
+        v->items[v->n][len] = '\0';
+        v->index[v->n] = index;
+    }
+    v->n++;
+    return v->n - 1 == v->stopAt ? 7 : 0;
+}
+
+static int walkItems(multilist *x, itemSeen *v, uint64_t limit) {
+    memset(v, 0, sizeof *v);
+    v->stopAt = -1;
+    return multilistForEachItem(x, collectItem, v, limit);
+}
+
+/* The node blocks of X, head first (multilistForEachBlock's order). */
+typedef struct nodeOffs {
+    dkoff off[16];
+    int n;
+} nodeOffs;
+
+static int collectNode(void *ctx, dkoff off, uint64_t bytes, int kind) {
+    (void)bytes;
+    nodeOffs *v = ctx;
+    if (kind == MULTILIST_BLOCK_NODE && v->n < 16)
+        v->off[v->n++] = off;
+    return 0;
+}
+
+START_TEST(test_for_each_item) {
+    itemSeen v;
+    /* Empty. */
+    ck_assert_int_eq(walkItems(l, &v, UINT64_MAX), DKSHM_OK);
+    ck_assert_int_eq(v.n, 0);
+    pushStr(l, MULTILIST_TAIL, "b");
+    pushStr(l, MULTILIST_TAIL, "c");
+    pushStr(l, MULTILIST_HEAD, "a");
+    pushStr(l, MULTILIST_TAIL, "");
+    /* An item too long for a cached node, and one of several pages. */
+    char big[300];
+    memset(big, 'x', sizeof big);
+    ck_assert_int_eq(multilistPushTail(l, big, sizeof big), DKSHM_OK);
+    ck_assert_int_eq(walkItems(l, &v, UINT64_MAX), DKSHM_OK);
+    ck_assert_int_eq(v.n, 5);
+    ck_assert_str_eq(v.items[0], "a");
+    ck_assert_str_eq(v.items[1], "b");
+    ck_assert_str_eq(v.items[2], "c");
+    ck_assert_str_eq(v.items[3], "");
+    for (int i = 0; i < 4; i++)
+        ck_assert_uint_eq(v.index[i], (uint64_t)i);
+    /* The limit. */
+    ck_assert_int_eq(walkItems(l, &v, 2), DKSHM_OK);
+    ck_assert_int_eq(v.n, 2);
+    ck_assert_str_eq(v.items[1], "b");
+    ck_assert_int_eq(walkItems(l, &v, 0), DKSHM_OK);
+    ck_assert_int_eq(v.n, 0);
+    /* The callback stops the walk and its value comes back. */
+    memset(&v, 0, sizeof v);
+    v.stopAt = 1;
+    ck_assert_int_eq(multilistForEachItem(l, collectItem, &v, UINT64_MAX), 7);
+    ck_assert_int_eq(v.n, 2);
+    /* Bad input. */
+    ck_assert_int_eq(multilistForEachItem(NULL, collectItem, &v, 1),
+                     DKSHM_INVALID);
+    ck_assert_int_eq(multilistForEachItem(l, NULL, &v, 1), DKSHM_INVALID);
+    /* A read-only handle sees the same, in order, and writes nothing. */
+    dkshm *ro;
+    ck_assert_int_eq(dkshmAttach(testSegmentName(), DKSHM_RDONLY, &ro),
+                     DKSHM_OK);
+    multilist *x = NULL;
+    ck_assert_int_eq(multilistOpen(ro, "q", NULL, 0, &x), DKSHM_OK);
+    ck_assert_int_eq(walkItems(x, &v, UINT64_MAX), DKSHM_OK);
+    ck_assert_int_eq(v.n, 5);
+    ck_assert_str_eq(v.items[0], "a");
+    ck_assert_str_eq(v.items[2], "c");
+    assertPop(l, MULTILIST_HEAD, "a");
+    ck_assert_int_eq(walkItems(x, &v, UINT64_MAX), DKSHM_OK);
+    ck_assert_int_eq(v.n, 4);
+    ck_assert_str_eq(v.items[0], "b");
+    multilistClose(x);
+    dkshmDetach(ro);
+    ck_assert_uint_eq(stats(l).pops, 1);
+    TEST_ASSERT_CHECK(multilistCheck, l);
+}
+END_TEST
+
+/* Damage makes the walk say CORRUPT, and never fault or loop. */
+START_TEST(test_for_each_item_damaged) {
+    pushStr(l, MULTILIST_TAIL, "one");
+    pushStr(l, MULTILIST_TAIL, "two");
+    pushStr(l, MULTILIST_TAIL, "three");
+    nodeOffs nodes = {0};
+    ck_assert_int_eq(multilistForEachBlock(l, collectNode, &nodes), DKSHM_OK);
+    ck_assert_int_eq(nodes.n, 3);
+    dkshm *ro;
+    ck_assert_int_eq(dkshmAttach(testSegmentName(), DKSHM_RDONLY, &ro),
+                     DKSHM_OK);
+    multilist *x = NULL;
+    ck_assert_int_eq(multilistOpen(ro, "q", NULL, 0, &x), DKSHM_OK);
+    itemSeen v;
+    /* mlNode: next, prev, len, cap (8 bytes each). */
+    struct {
+        int node;
+        unsigned field;
+        uint64_t value;
+    } damage[] = {
+        {0, 0, 0},           /* next: null before the tail */
+        {0, 0, 7},           /* next: misaligned */
+        {0, 0, 1ull << 62},  /* next: far outside */
+        {1, 0, 8},           /* next: inside the segment, below the heap */
+        {1, 16, 1000},       /* len beyond the capacity */
+        {1, 24, 1ull << 50}, /* capacity outside the segment */
+        {2, 8, 0},           /* prev: not the node before */
+    };
+    for (size_t i = 0; i < sizeof damage / sizeof damage[0]; i++) {
+        uint64_t *w =
+            dkshmPtr(seg, nodes.off[damage[i].node] + damage[i].field);
+        uint64_t saved = *w;
+        *w = damage[i].value;
+        int rc = walkItems(x, &v, UINT64_MAX);
+        ck_assert_msg(rc == DKSHM_CORRUPT, "damage %zu: %s", i,
+                      dkshmErrName(rc));
+        *w = saved;
+    }
+    /* A cycle back to the head: node 1 leads to node 0 again, whose prev
+     * (meaningless at the head) is made to agree. */
+    uint64_t *next1 = dkshmPtr(seg, nodes.off[1]);
+    uint64_t *prev0 = dkshmPtr(seg, nodes.off[0] + 8);
+    uint64_t savedNext = *next1, savedPrev = *prev0;
+    *next1 = nodes.off[0];
+    *prev0 = nodes.off[1];
+    ck_assert_int_eq(walkItems(x, &v, UINT64_MAX), DKSHM_CORRUPT);
+    ck_assert_int_le(v.n, 2);
+    /* ... which a limit that stops before it does not meet. */
+    ck_assert_int_eq(walkItems(x, &v, 2), DKSHM_OK);
+    *next1 = savedNext;
+    *prev0 = savedPrev;
+    ck_assert_int_eq(walkItems(x, &v, UINT64_MAX), DKSHM_OK);
+    ck_assert_int_eq(v.n, 3);
+    ck_assert_str_eq(v.items[2], "three");
+    /* A change left uncommitted (records in the log, as a dead owner
+     * leaves them): the walk cannot believe what it sees. */
+    dkUndo *log = dkshmPtr(seg, multilistRootOff(l) + 256);
+    __atomic_store_n(&log->count, 1, __ATOMIC_RELAXED);
+    ck_assert_int_eq(walkItems(x, &v, UINT64_MAX), DKSHM_BUSY);
+    __atomic_store_n(&log->count, 0, __ATOMIC_RELAXED);
+    ck_assert_int_eq(walkItems(x, &v, UINT64_MAX), DKSHM_OK);
+    multilistClose(x);
+    dkshmDetach(ro);
+    TEST_ASSERT_CHECK(multilistCheck, l);
+}
+END_TEST
+
+/* A walk while another process pushes and pops: every view that is not
+ * BUSY is a run of consecutive items in order. */
+static int churnList(void *arg) {
+    (void)arg;
+    multilist *x;
+    if (multilistOpen(seg, "q", NULL, 0, &x) != DKSHM_OK)
+        return 1;
+    uint64_t end = dkNowNs() + 400 * 1000000ull;
+    char buf[32];
+    size_t len;
+    for (uint64_t i = 0; dkNowNs() < end; i++) {
+        int n = snprintf(buf, sizeof buf, "%" PRIu64, i);
+        if (multilistPushTail(x, buf, (size_t)n) != DKSHM_OK)
+            return 2;
+        if (i >= 20 && multilistPopHead(x, buf, sizeof buf, &len) != DKSHM_OK)
+            return 3;
+    }
+    multilistClose(x);
+    return 0;
+}
+
+static int checkRun(void *ctx, uint64_t index, const void *item, size_t len) {
+    uint64_t *prev = ctx;
+    char buf[32];
+    if (len >= sizeof buf)
+        return 1;
+    memcpy(buf, item, len);
+    buf[len] = '\0';
+    uint64_t v = strtoull(buf, NULL, 10);
+    if (index > 0 && v != *prev + 1)
+        return 2;
+    *prev = v;
+    return 0;
+}
+
+START_TEST(test_for_each_item_changing) {
+    dkshm *ro;
+    ck_assert_int_eq(dkshmAttach(testSegmentName(), DKSHM_RDONLY, &ro),
+                     DKSHM_OK);
+    multilist *x = NULL;
+    ck_assert_int_eq(multilistOpen(ro, "q", NULL, 0, &x), DKSHM_OK);
+    pid_t pid = testSpawn(churnList, NULL);
+    int ok = 0, busy = 0;
+    uint64_t end = dkNowNs() + 300 * 1000000ull;
+    while (dkNowNs() < end) {
+        uint64_t prev = 0;
+        int rc = multilistForEachItem(x, checkRun, &prev, UINT64_MAX);
+        if (rc == DKSHM_BUSY) {
+            busy++;
+            continue;
+        }
+        ck_assert_msg(rc == DKSHM_OK, "walk of a changing list: %d", rc);
+        ok++;
+    }
+    ck_assert_int_eq(testWait(pid), 0);
+    ck_assert_int_gt(ok + busy, 0);
+    uint64_t prev = 0;
+    ck_assert_int_eq(multilistForEachItem(x, checkRun, &prev, UINT64_MAX),
+                     DKSHM_OK);
+    multilistClose(x);
+    dkshmDetach(ro);
+}
+END_TEST
+
 START_TEST(test_full_segment) {
     multilistClose(l);
     testDropSegment(&seg, &mb);
@@ -2018,7 +2247,9 @@ static Suite *multilistSuite(void) {
           test_open_by_name, test_open_race, test_batches},
          60},
         {"badInput",
-         {test_bad_input, test_wrong_type, test_read_only, test_full_segment},
+         {test_bad_input, test_wrong_type, test_read_only, test_full_segment,
+          test_for_each_item, test_for_each_item_damaged,
+          test_for_each_item_changing},
          60},
         {"blocking",
          {test_blocking_wakeups, test_shutdown_wakes_all, test_waiter_killed},

@@ -1,6 +1,7 @@
 /* checkOSRegulate.c — the shared limiter: opening by name, the holder limit
- * across processes, permits of dead holders, the token bucket, bad input,
- * and every crash point of acquire and release.
+ * across processes, permits of dead holders (reclaimed by an acquirer or
+ * on demand), the token bucket, bad input, and every crash point of
+ * acquire, release and reclaim.
  */
 #include "config.h"
 
@@ -220,6 +221,67 @@ START_TEST(test_dead_holder) {
 }
 END_TEST
 
+/* OSRegulateReclaim gives the dead child's permits back without waiting
+ * for an acquirer to find the limit reached; deadHeld shows them first. */
+START_TEST(test_reclaim) {
+    OSRegulate *r = openHolders("h", 3);
+    ck_assert_int_eq(OSRegulateTryAcquire(r), DKSHM_OK);
+    uint32_t n = 99;
+    ck_assert_int_eq(OSRegulateReclaim(r, &n), DKSHM_OK);
+    ck_assert_uint_eq(n, 0); /* a live holder keeps its permit */
+    ck_assert_int_eq(testInChild(takeTwoAndDie, r), TEST_KILLED);
+    OSRegulateStats st = stats(r);
+    ck_assert_uint_eq(st.held, 3);
+    ck_assert_uint_eq(st.deadHeld, 2);
+    ck_assert_uint_eq(st.mine, 1);
+    /* A read-only attachment sees them too, and cannot reclaim. */
+    dkshm *ro;
+    ck_assert_int_eq(dkshmAttach(testSegmentName(), DKSHM_RDONLY, &ro),
+                     DKSHM_OK);
+    OSRegulate *rr;
+    ck_assert_int_eq(OSRegulateOpen(ro, "h", NULL, 0, &rr), DKSHM_OK);
+    ck_assert_uint_eq(stats(rr).deadHeld, stats(r).deadHeld);
+    n = 99;
+    ck_assert_int_eq(OSRegulateReclaim(rr, &n), DKSHM_READONLY);
+    ck_assert_uint_eq(n, 0);
+    OSRegulateClose(rr);
+    dkshmDetach(ro);
+    n = 0;
+    uint32_t before = stats(r).deadHeld;
+    ck_assert_int_eq(OSRegulateReclaim(r, &n), DKSHM_OK);
+    ck_assert_uint_eq(n, before);
+    st = stats(r);
+    ck_assert_uint_eq(st.deadHeld, 0);
+    ck_assert_uint_eq(st.held, 1);
+    ck_assert_uint_eq(st.mine, 1);
+    ck_assert_uint_eq(st.reclaimed, before);
+    TEST_ASSERT_CHECK(OSRegulateCheck, r);
+    /* The permits are there to take: all three, with ours. */
+    ck_assert_int_eq(OSRegulateTryAcquire(r), DKSHM_OK);
+    ck_assert_int_eq(OSRegulateTryAcquire(r), DKSHM_OK);
+    ck_assert_int_eq(OSRegulateTryAcquire(r), DKSHM_BUSY);
+    ck_assert_uint_eq(stats(r).reclaimed, before); /* nothing more to take */
+    ck_assert_int_eq(OSRegulateReclaim(r, NULL), DKSHM_OK);
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(OSRegulateRelease(r), DKSHM_OK);
+    ck_assert_uint_eq(stats(r).held, 0);
+    /* Bad input. */
+    ck_assert_int_eq(OSRegulateReclaim(NULL, &n), DKSHM_INVALID);
+    ck_assert_int_eq(OSRegulateReclaim(NULL, NULL), DKSHM_INVALID);
+    /* A rate-only regulator has no permits to reclaim. */
+    OSRegulateOptions o = {.ratePerSec = 5};
+    OSRegulate *q;
+    ck_assert_int_eq(OSRegulateOpen(S, "rate", &o, OSREGULATE_CREATE, &q),
+                     DKSHM_OK);
+    n = 99;
+    ck_assert_int_eq(OSRegulateReclaim(q, &n), DKSHM_OK);
+    ck_assert_uint_eq(n, 0);
+    ck_assert_uint_eq(stats(q).deadHeld, 0);
+    OSRegulateClose(q);
+    OSRegulateClose(r);
+}
+END_TEST
+
 static int waitForPermit(void *arg) {
     OSRegulate *r = arg;
     return OSRegulateAcquire(r, 10000 * MS) == DKSHM_OK &&
@@ -227,6 +289,24 @@ static int waitForPermit(void *arg) {
                ? 0
                : 1;
 }
+
+/* A reclaim racing an acquirer that reclaims for itself: the dead
+ * holder's permits come back once, whoever takes them. */
+START_TEST(test_reclaim_races_acquirer) {
+    OSRegulate *r = openHolders("h", 2);
+    ck_assert_int_eq(testInChild(takeTwoAndDie, r), TEST_KILLED);
+    pid_t pid = testSpawn(waitForPermit, r);
+    uint32_t n = 0;
+    ck_assert_int_eq(OSRegulateReclaim(r, &n), DKSHM_OK);
+    ck_assert_uint_le(n, 2);
+    ck_assert_int_eq(testWait(pid), 0);
+    OSRegulateStats st = stats(r);
+    ck_assert_uint_eq(st.reclaimed, 2);
+    ck_assert_uint_eq(st.held, 0);
+    TEST_ASSERT_CHECK(OSRegulateCheck, r);
+    OSRegulateClose(r);
+}
+END_TEST
 
 START_TEST(test_waiter_woken) {
     OSRegulate *r = openHolders("h", 1);
@@ -313,6 +393,68 @@ START_TEST(test_crash_cycle) {
 }
 END_TEST
 
+/* Reclaim, walked with two dead holders (of 1 and 2 permits) to give
+ * back: after a crash at any point each dead holder's permits are back
+ * entirely or not at all, and held plus reclaimed is what it was. */
+static int takeOneAndDie(void *arg) {
+    OSRegulate *r = arg;
+    if (OSRegulateAcquire(r, 0) != DKSHM_OK)
+        return 1;
+    raise(SIGKILL);
+    return 2;
+}
+
+static void makeDeadHolders(void) {
+    ck_assert_int_eq(testInChild(takeOneAndDie, walkR), TEST_KILLED);
+    ck_assert_int_eq(testInChild(takeTwoAndDie, walkR), TEST_KILLED);
+    OSRegulateStats st = stats(walkR);
+    ck_assert_uint_eq(st.held, 3);
+    ck_assert_uint_eq(st.deadHeld, 3);
+}
+
+static uint64_t walkBase; /* reclaimed before the walked call */
+
+static int walkReclaim(void *arg) {
+    (void)arg;
+    uint32_t n = 0;
+    if (OSRegulateReclaim(walkR, &n) != DKSHM_OK || n != 3)
+        return 1;
+    return 0;
+}
+
+static void afterReclaim(void *arg, long k) {
+    (void)arg;
+    TEST_ASSERT_CHECK(OSRegulateCheck, walkR); /* recovers the lock */
+    OSRegulateStats st = stats(walkR);
+    ck_assert_msg(st.held + (st.reclaimed - walkBase) == 3,
+                  "point %ld: held %u, reclaimed %llu of 3", k, st.held,
+                  (unsigned long long)(st.reclaimed - walkBase));
+    ck_assert_msg(st.held <= 3 && st.deadHeld == st.held,
+                  "point %ld: held %u, dead %u", k, st.held, st.deadHeld);
+    /* Reclaim the rest here, reap the walker, set up the next point. */
+    uint32_t n = 0;
+    ck_assert_int_eq(OSRegulateReclaim(walkR, &n), DKSHM_OK);
+    ck_assert_uint_eq(n, st.held);
+    ck_assert_uint_eq(stats(walkR).held, 0);
+    dkshmReap(S, NULL);
+    makeDeadHolders();
+    walkBase = stats(walkR).reclaimed;
+}
+
+START_TEST(test_crash_reclaim) {
+    walkR = openHolders("h", 3);
+    makeDeadHolders();
+    walkBase = stats(walkR).reclaimed;
+    long points = testCrashWalk(walkReclaim, afterReclaim, NULL, 200);
+    ck_assert_int_ge(points, 4);
+    OSRegulateStats st = stats(walkR);
+    ck_assert_uint_eq(st.held, 0);
+    ck_assert_uint_eq(st.reclaimed - walkBase, 3);
+    TEST_ASSERT_CHECK(OSRegulateCheck, walkR);
+    OSRegulateClose(walkR);
+}
+END_TEST
+
 static Suite *osrSuite(void) {
     Suite *s = suite_create("OSRegulate");
     TCase *tc = testAddCase(s, "basic", setup, teardown, 30);
@@ -323,9 +465,12 @@ static Suite *osrSuite(void) {
     tcase_add_test(tc, test_holders_processes);
     tcase_add_test(tc, test_dead_holder);
     tcase_add_test(tc, test_waiter_woken);
+    tcase_add_test(tc, test_reclaim);
+    tcase_add_test(tc, test_reclaim_races_acquirer);
     tc = testAddCase(s, "crash", setup, teardown, 120);
     tcase_add_test(tc, test_crash_acquire);
     tcase_add_test(tc, test_crash_cycle);
+    tcase_add_test(tc, test_crash_reclaim);
     return s;
 }
 

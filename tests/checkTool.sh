@@ -765,10 +765,76 @@ out_has "multilist \"list\" +0x40 *HELD BY DEAD pid $h6"
 expect 0 check "$P-ctl"
 expect 0 dump "$P-ctl" list
 out_has '\[1\] "second"'
+expect 1 reap "$P-ctl" --dry-run --json
+json_ok
+json_true '[p for p in d["segments"][0]["deadProcesses"] if p["heldLocks"] == ["multilist " + chr(34) + "list" + chr(34) + " +0x40"]]'
 expect 0 reap "$P-ctl"
+out_has "reaped pid $h6 .*recovered its locks: multilist \"list\" +0x40"
 expect 0 check "$P-ctl" --json
 json_true 'd["ok"] and d["warnings"] == [] and d["checked"]["ownership"]'
 rm -f "$SHM/$P-ctl"
+
+# Permits of an OSRegulate held by a process that died: info shows them,
+# reap --dry-run says it would release them (and changes nothing), reap
+# releases them.
+cp "$tmp/ct" "$SHM/$P-cto"
+"$HELPER" hold-permits "/$P-cto" limit 2 >"$tmp/h7" &
+h7=$!
+bgpids="$h7"
+wait_for "$tmp/h7" ready
+expect 0 reap "$P-cto" --dry-run
+out_has "nothing to do"
+expect 0 info "$P-cto" --json
+json_true "$(obj limit)['count'] == 2 and $(obj limit)['OSRegulate']['deadHeld'] == 0"
+kill -9 $h7
+wait $h7 2>/dev/null
+bgpids=""
+expect 0 info "$P-cto" --json
+json_ok
+json_true "$(obj limit)['count'] == 2 and $(obj limit)['OSRegulate']['deadHeld'] == 2"
+expect 0 info "$P-cto"
+out_has "2 of 3 permits out (2 held by the dead)"
+expect 0 dump "$P-cto" limit
+out_has 'permits: 2 of 3 out (2 held by dead processes)'
+before=$(sum "$P-cto")
+expect 1 reap "$P-cto" --dry-run
+out_has "would reap pid $h7"
+out_has 'would release 2 permits of OSRegulate "limit" held by dead processes'
+expect 1 reap "$P-cto" --dry-run --json
+json_ok
+json_true 'd["segments"][0]["deadHeldPermits"] == 2 and d["segments"][0]["regulators"] == [{"name": "limit", "deadHeld": 2}]'
+same_sum "$P-cto" "$before" "info/dump/reap --dry-run of dead holders' permits"
+expect 0 reap "$P-cto"
+out_has "reaped pid $h7"
+out_has 'released 2 permits of OSRegulate "limit" held by dead processes'
+expect 0 info "$P-cto" --json
+json_true "$(obj limit)['count'] == 0 and $(obj limit)['OSRegulate']['deadHeld'] == 0 and $(obj limit)['OSRegulate']['reclaimed'] == 2"
+expect 0 dump "$P-cto" limit
+out_has 'permits: 0 of 3 out'
+expect 0 check "$P-cto"
+expect 0 reap "$P-cto" --dry-run
+out_has "nothing to do"
+# The holder's slot already reaped (by another process's attach): its
+# permits alone are still something to reap.
+"$HELPER" hold-permits "/$P-cto" limit 1 >"$tmp/h8" &
+h8=$!
+bgpids="$h8"
+wait_for "$tmp/h8" ready
+kill -9 $h8
+wait $h8 2>/dev/null
+bgpids=""
+expect 0 set "$P-cto" dict k v
+expect 0 info "$P-cto" --json
+json_true "d['deadProcesses'] == 0 and $(obj limit)['OSRegulate']['deadHeld'] == 1"
+expect 1 reap "$P-cto" --dry-run
+out_has 'would release 1 permit of OSRegulate "limit"'
+expect 0 reap "$P-cto" --json
+json_ok
+json_true 'd["segments"][0]["permitsReleased"] == 1 and d["segments"][0]["regulators"][0]["released"] == 1 and d["segments"][0]["deadProcesses"] == []'
+expect 0 info "$P-cto" --json
+json_true "$(obj limit)['count'] == 0 and $(obj limit)['OSRegulate']['reclaimed'] == 3"
+expect 0 reap "$P-cto" --dry-run
+rm -f "$SHM/$P-cto"
 
 section "check: leaks and damaged containers"
 leak=$("$HELPER" leak "/$P-ct" 300 | sed -n 's/^leak=//p')

@@ -10,6 +10,9 @@
  * OBJ to ROOT (any heap offset) with TYPE toolHelper hold-inflight NAME
  *       allocate a block into this process's in-flight list, print
  *       "ready pid=PID" and wait to be killed
+ *   toolHelper hold-permits NAME OBJ COUNT
+ *       acquire COUNT permits of OSRegulate OBJ, print "ready pid=PID"
+ *       and wait to be killed (so that they are held by a dead process)
  *   toolHelper churn NAME MILLISECONDS
  *       for that long, allocate and free blocks and bind and unbind
  *       objects, as a busy writer would, while the tool reads
@@ -170,6 +173,26 @@ static int cmdHoldInflight(const char *name) {
     membound *m = memboundForSegment(s);
     dkoff off;
     rc = m ? memboundAllocInflight(m, 100, &off) : DKSHM_CORRUPT;
+    if (rc != DKSHM_OK)
+        return exitFor(rc);
+    printf("ready pid=%d\n", (int)getpid());
+    fflush(stdout);
+    for (;;)
+        pause();
+}
+
+static int cmdHoldPermits(const char *name, int argc, char **argv) {
+    uint64_t n;
+    if (argc != 2 || parseNum(argv[1], &n) || n == 0)
+        return EXIT_USAGE;
+    dkshm *s;
+    int rc = dkshmAttach(name, 0, &s);
+    if (rc != DKSHM_OK)
+        return exitFor(rc);
+    OSRegulate *r;
+    rc = OSRegulateOpen(s, argv[0], NULL, 0, &r);
+    for (uint64_t i = 0; rc == DKSHM_OK && i < n; i++)
+        rc = OSRegulateTryAcquire(r);
     if (rc != DKSHM_OK)
         return exitFor(rc);
     printf("ready pid=%d\n", (int)getpid());
@@ -454,8 +477,8 @@ static int reheaderFn(int fd, void *ctx) {
 int main(int argc, char **argv) {
     if (argc < 3) {
         fprintf(stderr,
-                "usage: %s offsets|put|bind|hold-inflight|churn|populate|"
-                "leak|blocks|work NAME ... | "
+                "usage: %s offsets|put|bind|hold-inflight|hold-permits|churn|"
+                "populate|leak|blocks|work NAME ... | "
                 "xor|poke|reheader FILE ...\n",
                 argv[0]);
         return EXIT_USAGE;
@@ -474,6 +497,8 @@ int main(int argc, char **argv) {
         rc = cmdChurn(target, rest, args);
     else if (strcmp(verb, "hold-inflight") == 0 && rest == 0)
         rc = cmdHoldInflight(target);
+    else if (strcmp(verb, "hold-permits") == 0)
+        rc = cmdHoldPermits(target, rest, args);
     else if (strcmp(verb, "populate") == 0 && rest == 0)
         rc = cmdPopulate(target);
     else if (strcmp(verb, "leak") == 0)

@@ -17,7 +17,8 @@
  * from an attempt during which nothing moved: the allocator, the tables,
  * the containers' statistics and the processes' operation counters.
  *
- * CHANGES. reap attaches read-write only when there is something to reap;
+ * CHANGES. reap attaches read-write only when there is something to reap
+ * (a dead process, or an OSRegulate's permits that dead holders keep);
  * set, del and incr attach read-write; create and rm make and remove
  * segments. Everything else goes through the library's API.
  *
@@ -1528,6 +1529,7 @@ static void jsonContainer(jsonOut *j, const objData *o) {
         const OSRegulateStats *m = &o->st.os;
         jsonU64(j, "maxHolders", m->maxHolders);
         jsonU64(j, "held", m->held);
+        jsonU64(j, "deadHeld", m->deadHeld);
         jsonU64(j, "ratePerSec", m->ratePerSec);
         jsonU64(j, "burst", m->burst);
         jsonU64(j, "tokens", m->tokens);
@@ -1597,9 +1599,11 @@ static void containerText(const objData *o, char *buf, size_t len) {
         int n = 0;
         if (m->maxHolders)
             n = snprintf(buf, len,
-                         "%" PRIu32 " of %" PRIu32 " permits out, %" PRIu64
-                         " acquired, %" PRIu64 " reclaimed from the dead",
-                         m->held, m->maxHolders, m->acquired, m->reclaimed);
+                         "%" PRIu32 " of %" PRIu32 " permits out (%" PRIu32
+                         " held by the dead), %" PRIu64 " acquired, %" PRIu64
+                         " reclaimed from the dead",
+                         m->held, m->maxHolders, m->deadHeld, m->acquired,
+                         m->reclaimed);
         if (m->ratePerSec && n >= 0 && (size_t)n < len)
             snprintf(buf + n, len - (size_t)n,
                      "%srate %" PRIu64 "/s, burst %" PRIu32 ", %" PRIu64
@@ -2862,7 +2866,12 @@ static void checkLeaks(checkCtx *c, const uint8_t *meta, const dkHeader *h,
               "rolls back, may own it: 'dkshm-tool reap')"
         : c->userObjects ? " (an application object, whose blocks the tool "
                            "cannot walk, may own it)"
-                         : "";
+        /* A block from a plain memboundAlloc is owned by the process that
+         * holds its address: no walk sees that owner, and two quiet looks
+         * at a process that keeps such blocks find the same ones. */
+        : c->liveProcs ? " (unless one of the live processes attached holds "
+                         "it from a plain memboundAlloc)"
+                       : "";
     int kind = *maybe ? ISSUE_WARNING : ISSUE_PROBLEM;
     for (size_t i = 0; i < n; i++) {
         const owner *w = &owners[i];
@@ -3268,6 +3277,14 @@ static int cmdCheck(const command *c, int argc, char **argv) {
 
 /* ---- reap ---------------------------------------------------------------- */
 
+typedef struct reapReg { /* per process: an OSRegulate of a reaped segment */
+    char name[DKSHM_OBJNAME_MAX + 1];
+    uint32_t deadHeld; /* permits of dead holders when scanned */
+    uint32_t released; /* given back by OSRegulateReclaim */
+    bool tried;        /* OSRegulateReclaim was called */
+    int rc;            /* of opening it and reclaiming */
+} reapReg;
+
 typedef struct reapSeg { /* per process */
     char name[DKSHM_NAME_MAX + 1];
     bool skipped;
@@ -3286,6 +3303,13 @@ typedef struct reapSeg { /* per process */
     int unlinkRc;
     int attachRc;    /* of the read-write attach that reaps */
     dkoff allocRoot; /* to name the allocator's lock */
+    lockData *locks; /* the locks dead processes hold, named as info does */
+    int nlocks;
+    reapReg *regs; /* its OSRegulates with a holder limit */
+    size_t nregs;
+    uint64_t deadPermits; /* their permits held by the dead, when scanned */
+    uint64_t released;    /* permits given back */
+    bool reclaimFailed;   /* a regulator could not be reclaimed */
 } reapSeg;
 
 typedef struct reapOpts { /* per process */
@@ -3324,6 +3348,27 @@ static void reapScanFn(void *ctx) {
     for (size_t i = 0; i < g->d.nprocs; i++)
         if (!g->d.procs[i].alive)
             r->dead[r->ndead++] = g->d.procs[i];
+    /* The objects: the regulators whose permits dead holders keep, and
+     * the names of the container locks dead processes hold (as info
+     * names them). A directory that cannot be read leaves both unknown. */
+    membound *m = allocatorOf(g->s);
+    gatherObjects(g->s, &g->d, m);
+    gatherLocks(g->s, &g->d, m);
+    r->locks = g->d.locks;
+    r->nlocks = g->d.nlocks;
+    g->d.locks = NULL;
+    g->d.nlocks = g->d.capLocks = 0;
+    r->regs = xcalloc(g->d.nobjs ? g->d.nobjs : 1, sizeof *r->regs);
+    for (size_t i = 0; i < g->d.nobjs; i++) {
+        const objData *o = &g->d.objs[i];
+        if (o->o.type != OSREGULATE_TYPE || o->statRc != DKSHM_OK ||
+            o->st.os.maxHolders == 0)
+            continue;
+        reapReg *x = &r->regs[r->nregs++];
+        snprintf(x->name, sizeof x->name, "%s", o->o.name);
+        x->deadHeld = o->st.os.deadHeld;
+        r->deadPermits += x->deadHeld;
+    }
     if (g->o->orphans && r->live == 0) {
         if (r->ephemeral) {
             r->orphan = true;
@@ -3342,8 +3387,28 @@ typedef struct reapAfterCtx {
     int rc;
 } reapAfterCtx;
 
+/* Give back the permits dead holders keep in each regulator of R. */
+static void reapRegulators(dkshm *s, reapSeg *r) {
+    for (size_t i = 0; i < r->nregs; i++) {
+        reapReg *x = &r->regs[i];
+        contHandle c;
+        x->tried = true;
+        x->rc = contOpen(s, x->name, OSREGULATE_TYPE, &c);
+        if (x->rc != DKSHM_OK) {
+            r->reclaimFailed = true;
+            continue;
+        }
+        x->rc = OSRegulateReclaim(c.h.os, &x->released);
+        contClose(&c);
+        if (x->rc != DKSHM_OK)
+            r->reclaimFailed = true;
+        r->released += x->released;
+    }
+}
+
 /* After the read-write attach (which reaps) and dkshmReap: which of the
- * dead processes are gone from the table. */
+ * dead processes are gone from the table; then the regulators' permits
+ * of dead holders. */
 static void reapAfterFn(void *ctx) {
     reapAfterCtx *g = ctx;
     reapSeg *r = g->r;
@@ -3368,6 +3433,7 @@ static void reapAfterFn(void *ctx) {
         else
             r->reaped++;
     }
+    reapRegulators(g->s, r);
 }
 
 static void reapOne(const char *name, const reapOpts *o, reapSeg *r) {
@@ -3406,7 +3472,9 @@ static void reapOne(const char *name, const reapOpts *o, reapSeg *r) {
         r->unlinked = r->unlinkRc == DKSHM_OK;
         return;
     }
-    if (r->ndead == 0)
+    /* Permits of dead holders outlive the holders' slots (an attach may
+     * have reaped those already): they alone are a reason to reap. */
+    if (r->ndead == 0 && r->deadPermits == 0)
         return;
     /* Attaching read-write reaps the dead already; dkshmReap then makes
      * sure, and the table afterwards says what went. */
@@ -3429,30 +3497,36 @@ static void reapOne(const char *name, const reapOpts *o, reapSeg *r) {
 static void reapSegFree(reapSeg *r) {
     free(r->dead);
     free(r->gone);
+    free(r->locks);
+    free(r->regs);
 }
 
-/* The name of the lock at OFF (ALLOCROOT: the allocator's control block,
- * whose first word is its lock). */
-static const char *lockLabel(dkoff off, dkoff allocRoot, char *buf) {
+/* The name of the lock at OFF in R: as info names it (the directory, the
+ * allocator's, a container's by its object, e.g. multilist "jobs" +0x40),
+ * else by its offset. */
+static const char *lockLabel(const reapSeg *r, dkoff off, char *buf) {
+    for (int i = 0; i < r->nlocks; i++)
+        if (r->locks[i].off == off)
+            return r->locks[i].name;
     if (off == offsetof(dkHeader, dirLock))
         return "directory";
     if (off == offsetof(dkHeader, initLock))
         return "allocator-init";
-    if (allocRoot && off == allocRoot)
+    if (r->allocRoot && off == r->allocRoot)
         return "allocator";
     snprintf(buf, 32, "lock@0x%" PRIx64, off);
     return buf;
 }
 
 /* Locks a dead process was recorded holding, as text. */
-static void heldText(const procData *p, dkoff allocRoot, char *buf,
+static void heldText(const reapSeg *r, const procData *p, char *buf,
                      size_t len) {
     buf[0] = '\0';
     for (uint32_t k = 0; k < p->nheld; k++) {
         size_t n = strlen(buf);
         char tmp[32];
-        snprintf(buf + n, len - n, "%s%s", n ? "," : "",
-                 lockLabel(p->held[k], allocRoot, tmp));
+        snprintf(buf + n, len - n, "%s%s", n ? ", " : "",
+                 lockLabel(r, p->held[k], tmp));
     }
 }
 
@@ -3489,7 +3563,7 @@ static void reapRender(const reapSeg *v, size_t n, const reapOpts *o,
                 jsonArrOpen(&j, "heldLocks");
                 for (uint32_t h = 0; h < p->nheld; h++) {
                     char tmp[32];
-                    jsonStr(&j, NULL, lockLabel(p->held[h], r->allocRoot, tmp));
+                    jsonStr(&j, NULL, lockLabel(r, p->held[h], tmp));
                 }
                 jsonArrClose(&j);
                 if (!o->dryRun && !r->orphan)
@@ -3499,6 +3573,22 @@ static void reapRender(const reapSeg *v, size_t n, const reapOpts *o,
             jsonArrClose(&j);
             jsonU64(&j, "reaped", r->reaped);
             jsonU64(&j, "remaining", o->dryRun ? r->ndead : r->remaining);
+            jsonArrOpen(&j, "regulators");
+            for (size_t k = 0; k < r->nregs; k++) {
+                const reapReg *x = &r->regs[k];
+                jsonObjOpen(&j, NULL);
+                jsonStr(&j, "name", x->name);
+                jsonU64(&j, "deadHeld", x->deadHeld);
+                if (!o->dryRun && !r->orphan)
+                    jsonU64(&j, "released", x->released);
+                if (x->tried && x->rc != DKSHM_OK)
+                    jsonStr(&j, "error", dkshmStrerror(x->rc));
+                jsonObjClose(&j);
+            }
+            jsonArrClose(&j);
+            jsonU64(&j, "deadHeldPermits", r->deadPermits);
+            if (!o->dryRun && !r->orphan)
+                jsonU64(&j, "permitsReleased", r->released);
             if (r->attachRc != DKSHM_OK)
                 jsonStr(&j, "error", dkshmStrerror(r->attachRc));
             jsonBool(&j, "orphan", r->orphan);
@@ -3549,8 +3639,8 @@ static void reapRender(const reapSeg *v, size_t n, const reapOpts *o,
         }
         for (size_t k = 0; k < r->ndead; k++) {
             const procData *p = &r->dead[k];
-            char held[256];
-            heldText(p, r->allocRoot, held, sizeof held);
+            char held[4096];
+            heldText(r, p, held, sizeof held);
             any = true;
             bool done = !o->dryRun && r->gone[k];
             printf("%s: %s pid %" PRIu32 " (slot %" PRIu32 "): %" PRIu32
@@ -3566,6 +3656,30 @@ static void reapRender(const reapSeg *v, size_t n, const reapOpts *o,
                    : done      ? ", recovered its locks: "
                                : ", holds locks: ",
                    held);
+        }
+        for (size_t k = 0; k < r->nregs; k++) {
+            const reapReg *x = &r->regs[k];
+            char esc[4 * DKSHM_OBJNAME_MAX + 8];
+            escapeBytes(x->name, strlen(x->name), esc, sizeof esc);
+            if (o->dryRun || !x->tried) {
+                if (!x->deadHeld)
+                    continue;
+                any = true;
+                printf("%s: %s %" PRIu32 " permit%s of OSRegulate \"%s\" "
+                       "held by dead processes\n",
+                       r->name, o->dryRun ? "would release" : "did not release",
+                       x->deadHeld, x->deadHeld == 1 ? "" : "s", esc);
+            } else if (x->rc != DKSHM_OK) {
+                any = true;
+                printf("%s: could not release the permits of OSRegulate "
+                       "\"%s\": %s\n",
+                       r->name, esc, dkshmStrerror(x->rc));
+            } else if (x->released || x->deadHeld) {
+                any = true;
+                printf("%s: released %" PRIu32 " permit%s of OSRegulate "
+                       "\"%s\" held by dead processes\n",
+                       r->name, x->released, x->released == 1 ? "" : "s", esc);
+            }
         }
         if (r->attachRc != DKSHM_OK)
             printf("%s: could not reap: %s\n", r->name,
@@ -3652,10 +3766,10 @@ static int cmdReap(const command *c, int argc, char **argv) {
     for (size_t i = 0; i < n; i++) {
         if (v[i].skipped)
             continue;
-        if (v[i].ndead || v[i].orphan)
+        if (v[i].ndead || v[i].orphan || v[i].deadPermits)
             todo = true;
         if (v[i].remaining || (v[i].orphan && !v[i].unlinked) ||
-            v[i].attachRc != DKSHM_OK)
+            v[i].attachRc != DKSHM_OK || v[i].reclaimFailed)
             left = true;
     }
     for (size_t i = 0; i < n; i++)
@@ -3771,29 +3885,14 @@ static bool dumpPair(void *ctx, const void *key, size_t klen,
     return true;
 }
 
-/* The mirror of multilist's node header (containers/multilist.c, mlNode):
- * next, prev, item length, payload capacity, then the item. multilist has
- * no read-only way to read its items, so the tool walks its nodes. */
-#define ML_NODE_LEN_AT 16u
-#define ML_NODE_HDR_BYTES 32u
-
-static int dumpListNode(void *ctx, dkoff off, uint64_t bytes, int kind) {
+/* multilistForEachItem callback. */
+static int dumpListItem(void *ctx, uint64_t index, const void *item,
+                        size_t len) {
     dumpIter *g = ctx;
-    if (kind != MULTILIST_BLOCK_NODE)
-        return 0;
-    if (g->d->nitems >= g->limit)
-        return 1; /* enough: stop the walk */
-    if ((off & 7) || bytes < ML_NODE_HDR_BYTES ||
-        !dkRangeOk(g->s, off, bytes))
-        return DKSHM_CORRUPT;
-    uint64_t len = __atomic_load_n(
-        (const uint64_t *)dkPtr(g->s, off + ML_NODE_LEN_AT), __ATOMIC_RELAXED);
-    if (len > bytes - ML_NODE_HDR_BYTES)
-        return DKSHM_CORRUPT;
     dumpItem *it = dumpAdd(g->d);
-    it->val = copyOut(dkPtr(g->s, off + ML_NODE_HDR_BYTES), (size_t)len,
-                      &it->vlen);
-    it->vfull = (size_t)len;
+    it->index = index;
+    it->val = copyOut(item, len, &it->vlen);
+    it->vfull = len;
     return 0;
 }
 
@@ -3835,25 +3934,20 @@ static void dumpContainer(dkshm *s, dumpObj *d, size_t limit) {
         break;
     }
     case MULTILIST_TYPE:
-        /* The walk takes no lock: believed when no push or pop came in
-         * between. */
+        /* The walk takes no lock: the list says BUSY when a push or pop
+         * came in meanwhile (or a change is left uncommitted). */
         d->unsteady = true;
         for (int i = 0; i < DUMP_TRIES && d->unsteady; i++) {
-            multilistStats a, b;
             dumpItemsFree(d);
-            if ((rc = multilistGetStats(c.h.ml, &a)) != DKSHM_OK)
-                break;
-            rc = multilistForEachBlock(c.h.ml, dumpListNode, &g);
-            if (rc == 1)
-                rc = DKSHM_OK;
-            if (multilistGetStats(c.h.ml, &b) != DKSHM_OK)
-                break;
-            d->count = b.count;
-            d->unsteady = a.pushes != b.pushes || a.pops != b.pops;
-            if (!d->unsteady)
-                break;
-            usleep(i < 10 ? 100 : 2000);
+            rc = multilistForEachItem(c.h.ml, dumpListItem, &g, limit);
+            d->unsteady = rc == DKSHM_BUSY;
+            if (rc == DKSHM_BUSY)
+                usleep(i < 10 ? 100 : 2000);
         }
+        if (d->unsteady)
+            rc = DKSHM_OK; /* what the last walk saw, said to be unsteady */
+        if (rc == DKSHM_OK)
+            rc = multilistCount(c.h.ml, &d->count);
         break;
     case MULTIARRAY_TYPE: {
         size_t es = 0;
@@ -4136,6 +4230,7 @@ static int cmdDump(const command *c, int argc, char **argv) {
                 jsonObjOpen(&j, "state");
                 jsonU64(&j, "maxHolders", d->os.maxHolders);
                 jsonU64(&j, "held", d->os.held);
+                jsonU64(&j, "deadHeld", d->os.deadHeld);
                 jsonU64(&j, "ratePerSec", d->os.ratePerSec);
                 jsonU64(&j, "burst", d->os.burst);
                 jsonU64(&j, "tokens", d->os.tokens);
@@ -4186,10 +4281,11 @@ static int cmdDump(const command *c, int argc, char **argv) {
             else if (d->o.type == OSREGULATE_TYPE) {
                 if (d->os.maxHolders)
                     printf("    permits: %" PRIu32 " of %" PRIu32
-                           " out, %" PRIu64 " acquired, %" PRIu64
+                           " out (%" PRIu32 " held by dead processes), %" PRIu64
+                           " acquired, %" PRIu64
                            " reclaimed from dead holders\n",
-                           d->os.held, d->os.maxHolders, d->os.acquired,
-                           d->os.reclaimed);
+                           d->os.held, d->os.maxHolders, d->os.deadHeld,
+                           d->os.acquired, d->os.reclaimed);
                 if (d->os.ratePerSec)
                     printf("    rate: %" PRIu64 " per second, burst %" PRIu32
                            ", %" PRIu64 " tokens now, %" PRIu64 " denied\n",
@@ -5239,7 +5335,8 @@ static const command commands[] = {
     {"reap", cmdReap,
      "[NAME] [--dry-run] [--orphans [--older-than DURATION]] [--json]",
      "Release the dead processes of one segment, or of all: their table\n"
-     "slots, the locks they held (rolled back) and their in-flight blocks.\n"
+     "slots, the locks they held (rolled back), their in-flight blocks and\n"
+     "the OSRegulate permits they held.\n"
      "With --orphans, also unlink segments marked ephemeral, or older than\n"
      "DURATION, that no live process has attached.",
      "  --dry-run               only say what would be done (exit 1 if "

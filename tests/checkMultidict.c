@@ -32,43 +32,12 @@
 
 /* ---- fixture ------------------------------------------------------------ */
 
-static pid_t runnerPid;
 static dkshm *seg;
 static membound *mb;
 static multidict *d;
-static char segName[DKSHM_NAME_MAX + 1];
-
-static const char *mdSegName(const char *tag) {
-    static char buf[DKSHM_NAME_MAX + 1];
-    snprintf(buf, sizeof buf, "/dkt-md-%d-%d-%s", (int)runnerPid, (int)getpid(),
-             tag);
-    return buf;
-}
-
-static void unlinkLeftovers(void) {
-    char prefix[64];
-    snprintf(prefix, sizeof prefix, "dkt-md-%d-", (int)runnerPid);
-    DIR *dir = opendir("/dev/shm");
-    if (!dir)
-        return;
-    struct dirent *e;
-    while ((e = readdir(dir)) != NULL) {
-        if (strncmp(e->d_name, prefix, strlen(prefix)) == 0) {
-            char name[sizeof e->d_name + 1];
-            snprintf(name, sizeof name, "/%s", e->d_name);
-            dkshmUnlink(name);
-        }
-    }
-    closedir(dir);
-}
 
 static void makeSegment(const char *tag, uint64_t capacity) {
-    snprintf(segName, sizeof segName, "%s", mdSegName(tag));
-    dkshmUnlink(segName);
-    int rc = dkshmCreate(segName, capacity, NULL, &seg);
-    ck_assert_msg(rc == DKSHM_OK, "create %s: %s", segName, dkshmStrerror(rc));
-    mb = memboundForSegment(seg);
-    ck_assert_ptr_nonnull(mb);
+    testMakeSegment(tag, capacity, NULL, &seg, &mb);
 }
 
 static multidict *openDict(const char *name, uint32_t shards,
@@ -94,125 +63,23 @@ static void teardown(void) {
     }
     multidictClose(d);
     d = NULL;
-    if (seg)
-        dkshmDetach(seg);
-    seg = NULL;
-    mb = NULL;
-    if (segName[0])
-        dkshmUnlink(segName);
-    segName[0] = '\0';
+    testDropSegment(&seg, &mb);
 }
 
 /* ---- helpers ------------------------------------------------------------ */
 
-static void assertCheckDict(multidict *x) {
-    char why[256];
-    int rc = multidictCheck(x, why, sizeof why);
-    ck_assert_msg(rc == DKSHM_OK, "multidictCheck: %s (%s)", why,
-                  dkshmErrName(rc));
-}
-
-static void assertCheckAlloc(void) {
-    char why[256];
-    int rc = memboundCheck(mb, why, sizeof why);
-    ck_assert_msg(rc == DKSHM_OK, "memboundCheck: %s (%s)", why,
-                  dkshmErrName(rc));
-}
-
-typedef struct block {
-    dkoff off;
-    uint64_t bytes;
-} block;
-
-typedef struct blockList { /* per process */
-    block *b;
-    size_t n, cap;
-} blockList;
-
-static void blockPush(blockList *l, dkoff off, uint64_t bytes) {
-    if (l->n == l->cap) {
-        l->cap = l->cap ? 2 * l->cap : 1024;
-        l->b = realloc(l->b, l->cap * sizeof *l->b);
-        ck_assert_ptr_nonnull(l->b);
-    }
-    l->b[l->n++] = (block){off, bytes};
-}
-
-static int collectDict(void *ctx, dkoff off, uint64_t bytes, int kind) {
-    (void)kind;
-    blockPush(ctx, off, bytes);
-    return 0;
-}
-
-static int collectAlloc(void *ctx, dkoff off, uint64_t size) {
-    blockPush(ctx, off, size);
-    return 0;
-}
-
-static int blockCmp(const void *a, const void *b) {
-    dkoff x = ((const block *)a)->off, y = ((const block *)b)->off;
-    return x < y ? -1 : x > y;
-}
-
-static void blockSort(blockList *l) {
-    if (l->n > 1)
-        qsort(l->b, l->n, sizeof *l->b, blockCmp);
-}
+#define assertCheckDict(x) TEST_ASSERT_CHECK(multidictCheck, x)
+#define assertCheckAlloc() TEST_ASSERT_CHECK(memboundCheck, mb)
 
 /* RECOVERY.md §1 and §5: every live allocation of the segment is a block of
  * one of the dicts DS (and of nothing else: no leak, nothing in flight),
  * and every block of theirs is a live allocation large enough. */
 static void assertOwnership(multidict **ds, int n) {
-    blockList want = {0}, have = {0};
+    testBlocks owned = {0};
     for (int i = 0; i < n; i++)
-        ck_assert_int_eq(multidictForEachBlock(ds[i], collectDict, &want),
-                         DKSHM_OK);
-    ck_assert_int_eq(memboundForEachAllocation(mb, collectAlloc, &have),
-                     DKSHM_OK);
-    blockSort(&want);
-    blockSort(&have);
-    if (want.n != have.n) { /* say which */
-        for (size_t i = 0, j = 0; i < have.n; i++) {
-            if (j < want.n && want.b[j].off == have.b[i].off) {
-                j++;
-                continue;
-            }
-            fprintf(stderr,
-                    "ownership: allocation %#llx (%llu bytes) "
-                    "owned by no dict\n",
-                    (unsigned long long)have.b[i].off,
-                    (unsigned long long)have.b[i].bytes);
-        }
-        for (uint32_t p = 0; p < seg->hdr->maxProcs; p++)
-            for (int j = 0; j < DK_INFLIGHT_MAX; j++)
-                if (dkSlotAt(seg, p)->inflight[j])
-                    fprintf(stderr, "in flight: slot %u: %#llx\n", p,
-                            (unsigned long long)dkSlotAt(seg, p)->inflight[j]);
-    }
-    ck_assert_msg(want.n == have.n,
-                  "ownership: %zu dict blocks, %zu allocations", want.n,
-                  have.n);
-    for (size_t i = 0; i < want.n; i++) {
-        ck_assert_msg(want.b[i].off == have.b[i].off,
-                      "ownership: block %#llx vs allocation %#llx",
-                      (unsigned long long)want.b[i].off,
-                      (unsigned long long)have.b[i].off);
-        ck_assert_msg(have.b[i].bytes >= want.b[i].bytes,
-                      "block %#llx: %llu bytes in a %llu-byte allocation",
-                      (unsigned long long)want.b[i].off,
-                      (unsigned long long)want.b[i].bytes,
-                      (unsigned long long)have.b[i].bytes);
-    }
-    ck_assert_uint_eq(memboundCurrentAllocationCount(mb), want.n);
-    free(want.b);
-    free(have.b);
-}
-
-static uint64_t rng(uint64_t *s) { /* xorshift64* */
-    *s ^= *s >> 12;
-    *s ^= *s << 25;
-    *s ^= *s >> 27;
-    return *s * 2685821657736338717ull;
+        ck_assert_int_eq(
+            multidictForEachBlock(ds[i], testBlocksCollect, &owned), DKSHM_OK);
+    testAssertOwnership(mb, &owned, "dict");
 }
 
 static size_t keyOf(char *buf, const char *prefix, uint64_t i) {
@@ -259,12 +126,6 @@ static multidictStats stats(multidict *x) {
     multidictStats st;
     ck_assert_int_eq(multidictGetStats(x, &st), DKSHM_OK);
     return st;
-}
-
-static void sleepMs(unsigned ms) {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
 }
 
 /* ---- basic operations --------------------------------------------------- */
@@ -797,7 +658,8 @@ START_TEST(test_read_only) {
     int64_t r;
     ck_assert_int_eq(multidictIncr(d, "n", 1, 3, &r), DKSHM_OK);
     dkshm *ro;
-    ck_assert_int_eq(dkshmAttach(segName, DKSHM_RDONLY, &ro), DKSHM_OK);
+    ck_assert_int_eq(dkshmAttach(testSegmentName(), DKSHM_RDONLY, &ro),
+                     DKSHM_OK);
     multidict *x = NULL;
     ck_assert_int_eq(multidictOpen(ro, "missing", NULL, MULTIDICT_CREATE, &x),
                      DKSHM_READONLY);
@@ -831,7 +693,7 @@ END_TEST
 START_TEST(test_full_segment) {
     multidictClose(d);
     dkshmDetach(seg);
-    dkshmUnlink(segName);
+    dkshmUnlink(testSegmentName());
     makeSegment("full", 1 * MiB);
     d = openDict("dict", 1, 0);
     uint8_t v[1000];
@@ -887,7 +749,7 @@ START_TEST(test_ttl_expiry) {
     ck_assert_int_eq(multidictPut(d, "p", 1, "v", 1, 0, MULTIDICT_SET),
                      DKSHM_OK);
     assertValue(d, "t", "v");
-    sleepMs(120);
+    testSleepMs(120);
     assertAbsent(d, "t");
     assertValue(d, "p", "v"); /* no TTL: never expires */
     /* The get reclaimed it. */
@@ -901,7 +763,7 @@ START_TEST(test_ttl_expiry) {
     ck_assert_int_eq(multidictPut(d, "i", 1, &one, 8, 30, MULTIDICT_SET),
                      DKSHM_OK);
     ck_assert_int_eq(multidictSetTTL(d, "x", 1, "1", 1, 30), DKSHM_OK);
-    sleepMs(100);
+    testSleepMs(100);
     ck_assert_int_eq(multidictAdd(d, "a", 1, "2", 1), DKSHM_OK);
     assertValue(d, "a", "2");
     ck_assert_int_eq(multidictReplace(d, "r", 1, "2", 1), DKSHM_NOTFOUND);
@@ -917,7 +779,7 @@ START_TEST(test_ttl_expiry) {
     setStr(d, "k", "w");
     ck_assert_int_eq(multidictSetTTL(d, "j", 1, "v", 1, 10000), DKSHM_OK);
     ck_assert_int_eq(multidictSetTTL(d, "j", 1, "w", 1, 40), DKSHM_OK);
-    sleepMs(100);
+    testSleepMs(100);
     assertValue(d, "k", "w");
     assertAbsent(d, "j");
     assertCheckDict(d);
@@ -940,7 +802,7 @@ START_TEST(test_ttl_sweep) {
         size_t kl = keyOf(k, "p", (uint64_t)i);
         ck_assert_int_eq(multidictSet(d, k, kl, "v", 1), DKSHM_OK);
     }
-    sleepMs(100);
+    testSleepMs(100);
     uint64_t live = 0;
     ck_assert_int_eq(multidictIterate(d, countFn, &live), DKSHM_OK);
     ck_assert_uint_eq(live, 20);      /* expired: never seen */
@@ -970,7 +832,7 @@ START_TEST(test_ttl_iterate) {
     uint64_t n = 0;
     ck_assert_int_eq(multidictIterate(d, countFn, &n), DKSHM_OK);
     ck_assert_uint_eq(n, 100);
-    sleepMs(100);
+    testSleepMs(100);
     n = 0;
     ck_assert_int_eq(multidictIterate(d, countFn, &n), DKSHM_OK);
     ck_assert_uint_eq(n, 50);
@@ -1058,7 +920,7 @@ END_TEST
 START_TEST(test_cache_full_segment) {
     multidictClose(d);
     dkshmDetach(seg);
-    dkshmUnlink(segName);
+    dkshmUnlink(testSegmentName());
     makeSegment("cfull", 1 * MiB);
     d = openDict("cache", 1, 1ull << 40);
     uint8_t v[500];
@@ -1218,8 +1080,9 @@ static int runSelf(const char *mode) {
     if (pid < 0)
         return -1;
     if (pid == 0) {
-        char *argv[] = {"checkMultidict", "--child",    segName,
-                        "dict",           (char *)mode, NULL};
+        char *argv[] = {"checkMultidict", "--child",
+                        (char *)testSegmentName(), "dict", (char *)mode,
+                        NULL};
         execv("/proc/self/exe", argv);
         _exit(127);
     }
@@ -1288,10 +1151,10 @@ typedef struct tornShared { /* in shared memory */
 static void tornWrite(multidict *x, uint64_t *seed, uint32_t version) {
     uint8_t v[TV_MAX];
     char k[16];
-    uint32_t key = (uint32_t)(rng(seed) % TV_KEYS);
+    uint32_t key = (uint32_t)(testRng(seed) % TV_KEYS);
     size_t kl = keyOf(k, "tv", key);
     size_t len = tornValue(v, key, version);
-    int rc = (rng(seed) % 8 == 0) ? multidictDelete(x, k, kl)
+    int rc = (testRng(seed) % 8 == 0) ? multidictDelete(x, k, kl)
                                   : multidictSet(x, k, kl, v, len);
     if (rc != DKSHM_OK && rc != DKSHM_NOTFOUND)
         abort();
@@ -1300,7 +1163,7 @@ static void tornWrite(multidict *x, uint64_t *seed, uint32_t version) {
 static bool tornRead(multidict *x, uint64_t *seed) {
     uint8_t v[TV_MAX];
     char k[16];
-    uint32_t key = (uint32_t)(rng(seed) % TV_KEYS);
+    uint32_t key = (uint32_t)(testRng(seed) % TV_KEYS);
     size_t kl = keyOf(k, "tv", key), len;
     int rc = multidictGet(x, k, kl, v, sizeof v, &len);
     if (rc == DKSHM_NOTFOUND)
@@ -1334,7 +1197,7 @@ START_TEST(test_readers_never_torn) {
             _exit(0);
         }
     }
-    sleepMs(1500);
+    testSleepMs(1500);
     __atomic_store_n(&sh->stop, 1, __ATOMIC_RELAXED);
     for (int p = 0; p < 4; p++)
         ck_assert_int_eq(testWait(pids[p]), 0);
@@ -1401,7 +1264,7 @@ START_TEST(test_threads_never_torn) {
         a[i] = (threadArg){&sh, i};
         ck_assert_int_eq(pthread_create(&t[i], NULL, tornThread, &a[i]), 0);
     }
-    sleepMs(1000);
+    testSleepMs(1000);
     __atomic_store_n(&sh.stop, 1, __ATOMIC_RELAXED);
     for (int i = 0; i < 5; i++)
         pthread_join(t[i], NULL);
@@ -1941,7 +1804,8 @@ START_TEST(test_dead_writer_readers) {
     setStr(d, "k1", "value-1");
     uint32_t shard = (uint32_t)(XXH3_64bits("k1", 2) >> 60);
     dkshm *ro;
-    ck_assert_int_eq(dkshmAttach(segName, DKSHM_RDONLY, &ro), DKSHM_OK);
+    ck_assert_int_eq(dkshmAttach(testSegmentName(), DKSHM_RDONLY, &ro),
+                     DKSHM_OK);
     multidict *x;
     ck_assert_int_eq(multidictOpen(ro, "dict", NULL, 0, &x), DKSHM_OK);
     bool tested = false;
@@ -2056,7 +1920,7 @@ static int rkWorker(int w, uint64_t life) {
         return 1;
     uint64_t seed = (life + 1) * 0x9e3779b97f4a7c15ull + (uint64_t)w;
     for (uint64_t n = 0;; n++) {
-        uint64_t r = rng(&seed);
+        uint64_t r = testRng(&seed);
         rkRec rec = {.op = (uint8_t)(r % 10 < 6   ? 0
                                      : r % 10 < 8 ? 1
                                                   : 2),
@@ -2108,8 +1972,8 @@ START_TEST(test_random_kill) {
     /* A number of kills, not a duration: slow (sanitizer) builds do the
      * same test. The time cap only stops a hang. */
     while (kills < RK_KILLS && dkNowNs() - start < 60000000000ull) {
-        sleepMs(1 + (unsigned)(rng(&seed) % 15));
-        int w = (int)(rng(&seed) % RK_WORKERS);
+        testSleepMs(1 + (unsigned)(testRng(&seed) % 15));
+        int w = (int)(testRng(&seed) % RK_WORKERS);
         kill(pids[w], SIGKILL);
         ck_assert_int_eq(testWait(pids[w]), TEST_KILLED);
         kills++;
@@ -2227,12 +2091,7 @@ END_TEST
 /* ---- suite -------------------------------------------------------------- */
 
 static Suite *multidictSuite(void) {
-    Suite *s = suite_create("multidict");
-    struct {
-        const char *name;
-        const TTest *tests[16];
-        int timeout;
-    } cases[] = {
+    const testCaseSpec cases[] = {
         {"basic",
          {test_set_get_sizes, test_get_buffer_sizes, test_get_fast_path_sizes,
           test_add_replace_delete,
@@ -2261,22 +2120,13 @@ static Suite *multidictSuite(void) {
          300},
         {"randomKill", {test_random_kill}, 120},
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        TCase *tc = tcase_create(cases[i].name);
-        tcase_add_checked_fixture(tc, setup, teardown);
-        tcase_set_timeout(tc, cases[i].timeout);
-        for (int j = 0; j < 16 && cases[i].tests[j]; j++)
-            tcase_add_test(tc, cases[i].tests[j]);
-        suite_add_tcase(s, tc);
-    }
-    return s;
+    return testSuiteFrom("multidict", cases, sizeof cases / sizeof cases[0],
+                         setup, teardown);
 }
 
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "--child") == 0)
         return childMain(argc, argv);
-    runnerPid = getpid();
-    int rc = testRunSuite(multidictSuite());
-    unlinkLeftovers();
-    return rc;
+    testSetPrefix("md");
+    return testRunSuite(multidictSuite());
 }

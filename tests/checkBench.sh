@@ -37,92 +37,18 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 99' INT TERM HUP
 
-pass=0
-fail=0
-t0=$(date +%s)
-section() { echo "# $1 (at $(($(date +%s) - t0)) s)"; }
-ok() { pass=$((pass + 1)); }
-bad() {
-    fail=$((fail + 1))
-    echo "FAIL: $*"
-}
+PROG=$BENCH
+PROG_NAME=dkshm-bench
+RUN_LIMIT=60
+. "$(dirname "$0")/shellUtil.sh"
 
-# run ARGS...: stdout in $tmp/out, stderr in $tmp/err, status in $st, the
-# bench's pid in $bpid (its private segment is /dev/shm/dkshm-bench-PID).
-# A hang or a crash is always a failure.
-run() {
-    timeout 60 sh -c 'echo $$ >"$0"; exec "$@"' "$tmp/pid" "$BENCH" "$@" \
-        >"$tmp/out" 2>"$tmp/err"
-    st=$?
-    bpid=$(cat "$tmp/pid" 2>/dev/null)
-    if [ "$st" -eq 124 ]; then
-        bad "dkshm-bench $*: hung (killed after 60 s)"
-    elif [ "$st" -ge 125 ]; then
-        bad "dkshm-bench $*: crashed (status $st)"
-        sed 's/^/    /' "$tmp/err" | head -20
-    fi
-}
-
-# expect STATUS ARGS...: run and compare the exit status.
-expect() {
-    want=$1
-    shift
-    run "$@"
-    if [ "$st" -eq "$want" ]; then
-        ok
-    elif [ "$st" -lt 124 ]; then
-        bad "dkshm-bench $*: exit $st, expected $want"
-        sed 's/^/    stderr: /' "$tmp/err" | head -8
-        sed 's/^/    stdout: /' "$tmp/out" | head -20
-    fi
-}
-
-out_has() {
-    if grep -q -- "$1" "$tmp/out"; then ok; else
-        bad "stdout of the last call lacks '$1'"
-        sed 's/^/    stdout: /' "$tmp/out" | head -20
-    fi
-}
-err_has() {
-    if grep -qi -- "$1" "$tmp/err"; then ok; else
-        bad "stderr of the last call lacks '$1'"
-        sed 's/^/    stderr: /' "$tmp/err" | head -5
-    fi
-}
 # The bench's own segment is gone (or was never made).
 no_segment() {
-    if [ -n "$bpid" ] && [ -e "$SHM/dkshm-bench-$bpid" ]; then
-        bad "dkshm-bench left $SHM/dkshm-bench-$bpid behind"
-        rm -f "$SHM/dkshm-bench-$bpid"
+    if [ -n "$runpid" ] && [ -e "$SHM/dkshm-bench-$runpid" ]; then
+        bad "dkshm-bench left $SHM/dkshm-bench-$runpid behind"
+        rm -f "$SHM/dkshm-bench-$runpid"
     else
         ok
-    fi
-}
-
-PY=""
-if command -v python3 >/dev/null 2>&1; then
-    PY=$(python3 -c 'import sys; print(sys.executable)' 2>/dev/null)
-    [ -x "$PY" ] || PY=python3
-fi
-if [ -n "$PY" ]; then have_py=1; else have_py=0; fi
-[ $have_py = 1 ] || echo "note: no python3, JSON is not validated"
-
-# json_ok: the last stdout is exactly one JSON document.
-json_ok() {
-    [ $have_py = 1 ] || return 0
-    if "$PY" -c 'import json,sys; json.load(sys.stdin)' <"$tmp/out" \
-        2>"$tmp/pyerr"; then ok; else
-        bad "stdout is not one JSON document: $(tail -1 "$tmp/pyerr")"
-        head -20 "$tmp/out" | sed 's/^/    /'
-    fi
-}
-# json_true EXPR: EXPR (Python, the document as d) holds.
-json_true() {
-    [ $have_py = 1 ] || return 0
-    if "$PY" -c "import json,sys; d=json.load(sys.stdin); sys.exit(0 if ($1) else 1)" \
-        <"$tmp/out" 2>"$tmp/pyerr"; then ok; else
-        bad "JSON: not true: $1 $(tail -1 "$tmp/pyerr")"
-        head -40 "$tmp/out" | sed 's/^/    /'
     fi
 }
 
@@ -242,5 +168,4 @@ expect 0 --torture --workload incr --procs 2 --keys 20000 --seconds 2 \
 out_has "verify *ok"
 no_segment
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish

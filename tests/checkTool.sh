@@ -39,104 +39,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 99' INT TERM HUP
 
-pass=0
-fail=0
-t0=$(date +%s)
-section() { echo "# $1 (at $(($(date +%s) - t0)) s)"; }
-ok() { pass=$((pass + 1)); }
-bad() {
-    fail=$((fail + 1))
-    echo "FAIL: $*"
-}
-
-# run ARGS...: the tool's stdout in $tmp/out, stderr in $tmp/err, status in
-# $st. A hang or a crash is always a failure.
-run() {
-    timeout 10 "$TOOL" "$@" >"$tmp/out" 2>"$tmp/err"
-    st=$?
-    if [ "$st" -eq 124 ]; then
-        bad "dkshm-tool $*: hung (killed after 10 s)"
-    elif [ "$st" -ge 125 ]; then
-        bad "dkshm-tool $*: crashed (status $st)"
-        sed 's/^/    /' "$tmp/err" | head -20
-    fi
-}
-
-# expect STATUS ARGS...: run and compare the exit status.
-expect() {
-    want=$1
-    shift
-    run "$@"
-    if [ "$st" -eq "$want" ]; then
-        ok
-    elif [ "$st" -lt 124 ]; then
-        bad "dkshm-tool $*: exit $st, expected $want"
-        sed 's/^/    stderr: /' "$tmp/err" | head -5
-        sed 's/^/    stdout: /' "$tmp/out" | head -10
-    fi
-}
-
-# expect_in 'S1 S2' ARGS...: the status must be one of the list.
-expect_in() {
-    want=$1
-    shift
-    run "$@"
-    for w in $want; do
-        if [ "$st" -eq "$w" ]; then
-            ok
-            return
-        fi
-    done
-    [ "$st" -lt 124 ] && bad "dkshm-tool $*: exit $st, expected one of $want"
-}
-
-# Output checks on the last run.
-out_has() {
-    if grep -q -- "$1" "$tmp/out"; then ok; else
-        bad "stdout of the last call lacks '$1'"
-        sed 's/^/    stdout: /' "$tmp/out" | head -10
-    fi
-}
-err_has() {
-    if grep -qi -- "$1" "$tmp/err"; then ok; else
-        bad "stderr of the last call lacks '$1'"
-        sed 's/^/    stderr: /' "$tmp/err" | head -5
-    fi
-}
-err_one_line() {
-    n=$(wc -l <"$tmp/err")
-    if [ "$n" -eq 1 ]; then ok; else bad "stderr has $n lines, expected one"; fi
-}
-
-# python3 validates the JSON; its real executable, not a version
-# manager's shim, starts three times faster.
-PY=""
-if command -v python3 >/dev/null 2>&1; then
-    PY=$(python3 -c 'import sys; print(sys.executable)' 2>/dev/null)
-    [ -x "$PY" ] || PY=python3
-fi
-if [ -n "$PY" ]; then have_py=1; else have_py=0; fi
-[ $have_py = 1 ] || echo "note: no python3, JSON is not validated"
-
-# json_ok: the last stdout is exactly one JSON document.
-json_ok() {
-    [ $have_py = 1 ] || return 0
-    if "$PY" -c 'import json,sys; json.load(sys.stdin)' <"$tmp/out" \
-        2>"$tmp/pyerr"; then ok; else
-        bad "stdout is not one JSON document: $(tail -1 "$tmp/pyerr")"
-        head -20 "$tmp/out" | sed 's/^/    /'
-    fi
-}
-
-# json_true EXPR: python EXPR over the last JSON document (as d) is true.
-json_true() {
-    [ $have_py = 1 ] || return 0
-    if "$PY" -c "import json,sys; d=json.load(sys.stdin); sys.exit(0 if ($1) else 1)" \
-        <"$tmp/out" 2>"$tmp/pyerr"; then ok; else
-        bad "JSON check failed: $1 $(tail -1 "$tmp/pyerr")"
-        head -40 "$tmp/out" | sed 's/^/    /'
-    fi
-}
+PROG=$TOOL
+PROG_NAME=dkshm-tool
+RUN_LIMIT=10
+. "$(dirname "$0")/shellUtil.sh"
 
 sum() { sha256sum "$SHM/$1" | cut -d' ' -f1; }
 same_sum() {
@@ -937,5 +843,4 @@ expect 0 rm "$P-m"
 expect 0 rm "/$P-c"
 expect 0 rm "$P-r"
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish

@@ -13,6 +13,10 @@
  *                 locks, no undo log, malloc instead of a shared allocator
  *   inline        slots holding the 16-byte key and 64-byte value inline:
  *                 the fastest a fixed-size table can be, for reference
+ *   shm baseline  the baseline's code with its table and entries in a
+ *                 shared segment of their own (membound blocks, used
+ *                 through pointers by this process only): what the memory
+ *                 a multidict lives in costs, apart from the code
  *
  * Both baselines hash with XXH3-64 and probe linearly; their tables get the
  * same load (<= 1/2) as multidict's at 1e6 keys. Keys are 8 bytes of index
@@ -114,13 +118,20 @@ typedef struct baseSlot {
 typedef struct baseTable {
     baseSlot *slots;
     uint64_t mask;
+    membound *mb; /* where its memory comes from; NULL: malloc */
 } baseTable;
 
-static void baseInit(baseTable *t, uint64_t keys) {
+static void baseInit(baseTable *t, uint64_t keys, membound *mb) {
     uint64_t n = 16;
     while (n < keys * 2)
         n *= 2;
-    t->slots = calloc(n, sizeof *t->slots);
+    t->mb = mb;
+    t->slots = mb ? memboundCalloc(mb, n, sizeof *t->slots)
+                  : calloc(n, sizeof *t->slots);
+    if (!t->slots) {
+        fprintf(stderr, "benchDict: no memory for the baseline table\n");
+        exit(1);
+    }
     t->mask = n - 1;
 }
 
@@ -148,12 +159,20 @@ static void baseSet(baseTable *t, const void *key, uint32_t klen,
         memcpy(e->bytes + klen, val, vlen);
         return;
     }
-    baseEntry *n = malloc(sizeof *n + klen + vlen);
+    size_t bytes = sizeof(baseEntry) + klen + vlen;
+    baseEntry *n = t->mb ? memboundAlloc(t->mb, bytes) : malloc(bytes);
+    if (!n) {
+        fprintf(stderr, "benchDict: no memory for a baseline entry\n");
+        exit(1);
+    }
     n->klen = klen;
     n->vlen = vlen;
     memcpy(n->bytes, key, klen);
     memcpy(n->bytes + klen, val, vlen);
-    free(e);
+    if (t->mb && e)
+        memboundFree(t->mb, e);
+    else
+        free(e);
     t->slots[at] = (baseSlot){h, n};
 }
 
@@ -201,7 +220,7 @@ static inlineSlot *inlineFind(inlineTable *t, const uint64_t key[2],
 
 /* ---- measured loops ----------------------------------------------------- */
 
-enum { V_DICT, V_BASE, V_INLINE, V_COUNT };
+enum { V_DICT, V_BASE, V_INLINE, V_SHMBASE, V_COUNT };
 
 typedef struct runCtx { /* per process; forked workers inherit it */
     int variant;
@@ -210,6 +229,7 @@ typedef struct runCtx { /* per process; forked workers inherit it */
     uint32_t vlen;
     multidict *d;
     baseTable *base;
+    baseTable *shmBase;
     inlineTable *inl;
     benchBarrier *barrier;
     double seconds;
@@ -235,8 +255,9 @@ static uint64_t runLoop(runCtx *c, uint64_t seed, uint64_t deadlineNs) {
                 makeValue(i, gen + n, buf, c->vlen); /* a new value each time */
                 if (c->variant == V_DICT)
                     rc = multidictSet(c->d, key, 16, buf, c->vlen);
-                else if (c->variant == V_BASE)
-                    baseSet(c->base, key, 16, buf, c->vlen);
+                else if (c->variant == V_BASE || c->variant == V_SHMBASE)
+                    baseSet(c->variant == V_BASE ? c->base : c->shmBase, key,
+                            16, buf, c->vlen);
                 else {
                     uint64_t h = XXH3_64bits(key, 16);
                     memcpy(inlineFind(c->inl, key, h)->value, buf, c->vlen);
@@ -244,8 +265,9 @@ static uint64_t runLoop(runCtx *c, uint64_t seed, uint64_t deadlineNs) {
             } else {
                 if (c->variant == V_DICT)
                     rc = multidictGet(c->d, key, 16, buf, sizeof buf, &len);
-                else if (c->variant == V_BASE)
-                    rc = baseGet(c->base, key, 16, buf, sizeof buf, &len);
+                else if (c->variant == V_BASE || c->variant == V_SHMBASE)
+                    rc = baseGet(c->variant == V_BASE ? c->base : c->shmBase,
+                                 key, 16, buf, sizeof buf, &len);
                 else {
                     uint64_t h = XXH3_64bits(key, 16);
                     memcpy(buf, inlineFind(c->inl, key, h)->value, c->vlen);
@@ -352,8 +374,14 @@ int main(int argc, char **argv) {
         fprintf(stderr, "benchDict: open: %s\n", dkshmStrerror(rc));
         return 1;
     }
-    baseTable base;
-    baseInit(&base, b.keys);
+    baseTable base, shmBase;
+    baseInit(&base, b.keys, NULL);
+    dkshm *bs; /* the shm baseline's own segment */
+    if ((rc = dkshmCreateAnonymous(capacity, NULL, &bs)) != DKSHM_OK) {
+        fprintf(stderr, "benchDict: segment: %s\n", dkshmStrerror(rc));
+        return 1;
+    }
+    baseInit(&shmBase, b.keys, memboundForSegment(bs));
     inlineTable inl;
     inlineInit(&inl, b.keys);
     if (b.vlen > 64)
@@ -374,8 +402,8 @@ int main(int argc, char **argv) {
                             dkshmStrerror(rc));
                     return 1;
                 }
-            } else if (v == V_BASE) {
-                baseSet(&base, key, 16, val, b.vlen);
+            } else if (v == V_BASE || v == V_SHMBASE) {
+                baseSet(v == V_BASE ? &base : &shmBase, key, 16, val, b.vlen);
             } else {
                 uint64_t h = XXH3_64bits(key, 16);
                 inlineSlot *sl = inlineFind(&inl, key, h);
@@ -397,7 +425,8 @@ int main(int argc, char **argv) {
              (unsigned long long)st.resizes);
     benchReportNote(&r, note);
 
-    const char *cols[V_COUNT] = {"multidict", "baseline", "inline"};
+    const char *cols[V_COUNT] = {"multidict", "baseline", "inline",
+                                 "shm baseline"};
     benchTable(&r, V_COUNT, cols);
     benchTableRow(&r, "preload (insert new keys)", "ops/s", preload);
 
@@ -405,10 +434,12 @@ int main(int argc, char **argv) {
                 .vlen = b.vlen,
                 .d = d,
                 .base = &base,
+                .shmBase = &shmBase,
                 .inl = &inl,
                 .seconds = o.seconds};
     if (b.only) {
-        static const char *names[V_COUNT] = {"dict", "base", "inline"};
+        static const char *names[V_COUNT] = {"dict", "base", "inline",
+                                             "shmbase"};
         for (int v = 0; v < V_COUNT; v++)
             if (!strncmp(b.only, names[v], strlen(names[v])))
                 c.variant = v;
@@ -473,12 +504,18 @@ int main(int argc, char **argv) {
              "x (target >= 0.7)");
     benchRow(&r, "multidict get / inline get", get1[V_DICT] / get1[V_INLINE],
              "x");
+    benchRow(&r, "multidict get / shm baseline get",
+             get1[V_DICT] / get1[V_SHMBASE], "x (the code's share)");
+    benchRow(&r, "shm baseline get / baseline get",
+             get1[V_SHMBASE] / get1[V_BASE], "x (the memory's share)");
     snprintf(name, sizeof name, "multidict get, %d procs / 1 proc", o.procs);
     benchRow(&r, name, getN[V_DICT] / get1[V_DICT], "x (target >= 1.85)");
     benchRow(&r, "multidict set / baseline set", set1[V_DICT] / set1[V_BASE],
              "x (target >= 0.5)");
     benchRow(&r, "multidict set / inline set", set1[V_DICT] / set1[V_INLINE],
              "x");
+    benchRow(&r, "multidict set / shm baseline set",
+             set1[V_DICT] / set1[V_SHMBASE], "x");
     double mib = 1024.0 * 1024.0;
     benchRow(&r, "segment: allocator bytes in use",
              (double)(memboundBytesUsed(mb) - usedBefore) / mib,
@@ -496,5 +533,6 @@ int main(int argc, char **argv) {
     benchReportPrint(&r);
     multidictClose(d);
     dkshmDetach(s);
+    dkshmDetach(bs);
     return 0;
 }

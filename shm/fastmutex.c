@@ -412,6 +412,50 @@ DKSHM_API int fastCondInit(dkshm *s, fastCond *c) {
     return DKSHM_OK;
 }
 
+/* Record in our slot that a thread of ours counts in C's waiters (see
+ * dkProcSlot.condWait); NULL if every entry is taken (a death then leaves
+ * the count high, which costs signalers a wake call, nothing more). */
+static uint64_t *condWaitRecord(dkshm *s, fastCond *c) {
+    dkProcSlot *me = dkSelfSlot(s);
+    dkoff off = dkOff(s, c);
+    for (int i = 0; i < DK_CONDWAIT_MAX; i++) {
+        uint64_t zero = 0;
+        if (__atomic_load_n(&me->condWait[i], __ATOMIC_RELAXED) == 0 &&
+            __atomic_compare_exchange_n(&me->condWait[i], &zero, off, false,
+                                        __ATOMIC_RELEASE, __ATOMIC_RELAXED))
+            return &me->condWait[i];
+    }
+    return NULL;
+}
+
+/* The wait is over: clear the record, then leave the count. */
+static void condWaitDone(dkshm *s, fastCond *c, uint64_t *rec) {
+    (void)s;
+    if (rec)
+        __atomic_store_n(rec, 0, __ATOMIC_RELEASE);
+    __atomic_fetch_sub(&c->waiters, 1, __ATOMIC_RELAXED);
+}
+
+void dkCondWaitRelease(dkshm *s, dkProcSlot *p) {
+    for (int i = 0; i < DK_CONDWAIT_MAX; i++) {
+        uint64_t off = __atomic_load_n(&p->condWait[i], __ATOMIC_ACQUIRE);
+        /* Clear first: a reaper killed after this leaves the count high,
+         * never counts the same wait out twice. */
+        if (off == 0 || !__atomic_compare_exchange_n(&p->condWait[i], &off, 0,
+                                                     false, __ATOMIC_ACQ_REL,
+                                                     __ATOMIC_RELAXED))
+            continue;
+        if (!dkRangeOk(s, off, sizeof(fastCond)) || (off & 3))
+            continue; /* damage: nothing to trust */
+        fastCond *c = dkPtr(s, off);
+        uint32_t n = __atomic_load_n(&c->waiters, __ATOMIC_RELAXED);
+        while (n > 0 && !__atomic_compare_exchange_n(&c->waiters, &n, n - 1,
+                                                     false, __ATOMIC_RELAXED,
+                                                     __ATOMIC_RELAXED))
+            ;
+    }
+}
+
 DKSHM_API int fastCondWait(dkshm *s, fastCond *c, fastMutex *m,
                            uint64_t timeoutNs) {
     int rc = writable(s, c, sizeof *c);
@@ -422,9 +466,10 @@ DKSHM_API int fastCondWait(dkshm *s, fastCond *c, fastMutex *m,
      * release M changes it, so the futex wait below cannot miss it. */
     uint32_t seq = __atomic_load_n(&c->seq, __ATOMIC_ACQUIRE);
     __atomic_fetch_add(&c->waiters, 1, __ATOMIC_RELAXED);
+    uint64_t *rec = condWaitRecord(s, c);
     rc = fastMutexUnlock(s, m);
     if (rc != DKSHM_OK) {
-        __atomic_fetch_sub(&c->waiters, 1, __ATOMIC_RELAXED);
+        condWaitDone(s, c, rec);
         return rc;
     }
     bool timedOut = false;
@@ -437,7 +482,7 @@ DKSHM_API int fastCondWait(dkshm *s, fastCond *c, fastMutex *m,
     if (!timedOut &&
         dkFutexWait(&c->seq, seq, left) == DKSHM_TIMEDOUT)
         timedOut = true;
-    __atomic_fetch_sub(&c->waiters, 1, __ATOMIC_RELAXED);
+    condWaitDone(s, c, rec);
     rc = fastMutexLock(s, m);
     if (rc != DKSHM_OK)
         return rc;

@@ -198,6 +198,7 @@ static bool finishReap(dkshm *s, uint32_t i, bool withHook,
     }
     for (int j = 0; j < DKSHM_READ_SLOTS; j++)
         __atomic_store_n(&p->rdHold[j], 0, __ATOMIC_RELAXED);
+    dkCondWaitRelease(s, p);
     uint64_t w = __atomic_load_n(&p->word, __ATOMIC_ACQUIRE);
     return (w >> 32) == DKSHM_PROC_DEAD &&
            __atomic_compare_exchange_n(&p->word, &w, 0, false,
@@ -307,6 +308,8 @@ int dkSelfId(dkshm *s, uint32_t *id) {
         __atomic_store_n(&p->rdHold[j], 0, __ATOMIC_RELAXED);
     for (int j = 0; j < DK_HELD_MAX; j++)
         __atomic_store_n(&p->held[j], 0, __ATOMIC_RELAXED);
+    for (int j = 0; j < DK_CONDWAIT_MAX; j++)
+        __atomic_store_n(&p->condWait[j], 0, __ATOMIC_RELAXED);
     for (int j = 0; j < DKSHM_COUNTERS; j++)
         __atomic_store_n(&p->counters[j], 0, __ATOMIC_RELAXED);
     uint32_t gen = __atomic_add_fetch(&p->gen, 1, __ATOMIC_RELAXED);

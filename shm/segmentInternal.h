@@ -40,6 +40,7 @@ enum { DK_INIT_BUSY = 0, DK_INIT_READY = 0x52454459 /* "READY" */ };
 #define DK_INFLIGHT_CLAIMED 1u
 /* Locks with an undo log one process may hold at once, over its threads. */
 #define DK_HELD_MAX 32
+#define DK_CONDWAIT_MAX 4
 
 typedef struct dkHeader { /* in the segment, page 0 */
     /* Fixed at creation and covered by `checksum`. */
@@ -82,7 +83,12 @@ typedef struct dkProcSlot { /* in the segment, 8 cache lines */
     uint32_t uid;
     uint64_t startTime;   /* /proc/PID/stat start time: pid reuse guard */
     uint64_t attachTimeNs;
-    uint8_t pad0[32];
+    /* fastConds this process's threads sleep on (offset; atomic, 0 =
+     * none), so that a reaper can take a killed waiter out of the count
+     * signalers look at. Set after the count went up and cleared before it
+     * goes down: a death in between leaves the count high (a wasted wake
+     * call per signal), never low (a lost wakeup). */
+    uint64_t condWait[DK_CONDWAIT_MAX];
     dkoff inflight[DK_INFLIGHT_MAX]; /* blocks between owners (atomic) */
     /* fastRWLocks this process holds for reading: (offset / 8) << 20 |
      * hold count, one atomic word each so that threads of the process can
@@ -231,6 +237,10 @@ static inline dkProcSlot *dkSelfSlot(dkshm *s) {
  * lock's undo log could not be applied (the lock is released, the log kept
  * for `dkshm-tool check` to report). */
 int dkRecoverHeld(dkshm *s, uint32_t slot, bool canLock);
+
+/* Take the waits recorded in dead slot P (condWait) out of their
+ * fastConds' waiter counts. */
+void dkCondWaitRelease(dkshm *s, dkProcSlot *p);
 
 /* Whether the owner of lock id ID is alive (or might be: unknown = alive). */
 bool dkOwnerAlive(dkshm *s, uint32_t id);

@@ -1310,6 +1310,11 @@ START_TEST(test_cond_waiter_killed) {
     /* It died asleep, not holding the mutex. */
     ck_rc(fastMutexLock(S, &C->m), DKSHM_OK);
     ck_rc(fastMutexUnlock(S, &C->m), DKSHM_OK);
+    /* Its wait still counts until it is reaped: then signalers need not
+     * wake anybody. */
+    ck_assert_uint_eq(__atomic_load_n(&C->go.waiters, __ATOMIC_RELAXED), 1);
+    ck_rc(dkshmReap(S, NULL), DKSHM_OK);
+    ck_assert_uint_eq(__atomic_load_n(&C->go.waiters, __ATOMIC_RELAXED), 0);
 
     /* Signal still reaches a live waiter... */
     pid_t a = testSpawn(flagWaiter, (void *)(intptr_t)1);

@@ -692,6 +692,14 @@ static int mdFindLocked(mdOp *op, const mdKey *k, uint64_t *at, mdTable *tp) {
     return DKSHM_CORRUPT; /* no empty slot: the load invariant is broken */
 }
 
+/* The entry slot word V names, or NULL if its header would lie outside
+ * the segment (damage: writers follow slots under the lock, but a slot
+ * word is still data read from the segment). */
+static const mdEntry *mdEntryAt(dkshm *s, uint64_t v) {
+    dkoff eo = mdSlotOff(v);
+    return dkRangeOk(s, eo, MD_ENTRY_HDR) ? dkPtr(s, eo) : NULL;
+}
+
 static bool mdExpired(mdOp *op, const mdEntry *e) {
     uint64_t x = e->expire;
     return x != 0 && x <= mdNow(op);
@@ -709,7 +717,9 @@ static int mdUnlinkAt(mdOp *op, uint64_t i, bool evict, bool expire) {
         return rc;
     uint64_t v = t.slots[i];
     dkoff eo = mdSlotOff(v);
-    const mdEntry *e = dkPtr(op->s, eo);
+    const mdEntry *e = mdEntryAt(op->s, v);
+    if (!e)
+        return DKSHM_CORRUPT; /* nothing changed */
     uint64_t size = mdEntrySize(e->klen, e->vlen);
     bool ttl = e->expire != 0;
     mdBegin(op);
@@ -758,13 +768,21 @@ static int mdResize(mdOp *op, uint32_t log2) {
     uint64_t *ns = dkPtr(s, nt), mask = (1ull << log2) - 1;
     for (uint64_t i = 0; i <= mask; i++)
         __atomic_store_n(&ns[i], MD_EMPTY, __ATOMIC_RELAXED);
+    uint64_t placed = 0;
     for (uint64_t i = 0; old.slots && i <= old.mask; i++) {
         uint64_t v = old.slots[i];
         if (v == MD_EMPTY || v == MD_TOMB)
             continue;
         uint64_t home = mdSlotTag(v);
-        if (log2 > MD_TAG_BITS) /* the tag is not enough: ask the entry */
-            home = ((const mdEntry *)dkPtr(s, mdSlotOff(v)))->hash;
+        const mdEntry *e = log2 > MD_TAG_BITS ? mdEntryAt(s, v) : NULL;
+        /* More entries than the count said, or one outside the segment:
+         * damage, and a probe for a free slot would never end. */
+        if (++placed > mask || (log2 > MD_TAG_BITS && !e)) {
+            memboundFreeInflight(op->d->mb, nt);
+            return DKSHM_CORRUPT;
+        }
+        if (e) /* the tag is not enough: ask the entry */
+            home = e->hash;
         uint64_t j = home & mask;
         while (ns[j] != MD_EMPTY)
             j = (j + 1) & mask;
@@ -819,7 +837,9 @@ static int mdEvictOne(mdOp *op, uint64_t protect) {
         uint64_t v = t.slots[i];
         if (v == MD_EMPTY || v == MD_TOMB || i == protect)
             continue;
-        const mdEntry *e = dkPtr(op->s, mdSlotOff(v));
+        const mdEntry *e = mdEntryAt(op->s, v);
+        if (!e)
+            return DKSHM_CORRUPT;
         bool expired = mdExpired(op, e);
         if (!expired && bits) {
             uint64_t b = (e->hash >> MD_TAG_BITS) & refMask;
@@ -875,7 +895,10 @@ static void mdSweepSome(mdOp *op) {
         uint64_t v = t.slots[i];
         if (v == MD_EMPTY || v == MD_TOMB)
             continue;
-        if (!mdExpired(op, dkPtr(op->s, mdSlotOff(v))))
+        const mdEntry *e = mdEntryAt(op->s, v);
+        if (!e)
+            break; /* damage: multidictCheck says where */
+        if (!mdExpired(op, e))
             continue;
         if (mdUnlinkAt(op, i, false, true) != DKSHM_OK)
             break;

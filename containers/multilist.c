@@ -216,6 +216,84 @@ static inline void mlRelax(void) {
 #endif
 }
 
+/* ---- damage checks -------------------------------------------------------
+ *
+ * Every offset, length and count read from the segment is checked before
+ * it is followed or used as a bound: a damaged list costs CORRUPT, never a
+ * fault, an access outside the segment or an unbounded loop. A writer
+ * checks what one step (one push, one pop, one trim batch) will follow
+ * before that step's first logged change, so CORRUPT leaves the step
+ * undone. The checks are compares and the loads the step makes anyway. */
+
+/* Whether a node header can lie at OFF: in the heap, aligned, inside the
+ * segment. Loads nothing. */
+static inline bool mlOffOk(const multilist *l, dkoff off) {
+    const dkshm *s = l->s;
+    return off >= s->heap && (off & 7) == 0 && dkRangeOk(s, off, ML_NODE_HDR);
+}
+
+/* Whether OFF can be a node: its header and its payload capacity inside
+ * the segment. */
+static bool mlNodeOk(const multilist *l, dkoff off) {
+    if (!mlOffOk(l, off))
+        return false;
+    const mlNode *n = dkPtr(l->s, off);
+    uint64_t cap = __atomic_load_n(&n->cap, __ATOMIC_RELAXED);
+    return cap <= MULTILIST_ITEM_MAX && dkRangeOk(l->s, off, ML_NODE_HDR + cap);
+}
+
+/* Whether OFF can be a cached node of class C. */
+static bool mlClassNodeOk(const multilist *l, dkoff off, int c) {
+    return mlNodeOk(l, off) &&
+           __atomic_load_n(&((const mlNode *)dkPtr(l->s, off))->cap,
+                           __ATOMIC_RELAXED) ==
+               (uint64_t)(mlClassSize[c] - ML_NODE_HDR);
+}
+
+/* Under the lock: whether the root's count, head and tail agree (all zero
+ * or none; one node: head is tail; no more nodes than the capacity or the
+ * heap holds) and the ends can be node headers. Loads no node. */
+static bool mlEndsOk(const multilist *l) {
+    const mlRoot *r = l->root;
+    uint64_t count = mlLoad64(&r->count);
+    dkoff head = mlLoad64(&r->head), tail = mlLoad64(&r->tail);
+    if (count == 0)
+        return head == 0 && tail == 0;
+    return count <= l->limit && count <= l->s->heapSize / ML_NODE_HDR &&
+           mlOffOk(l, head) && mlOffOk(l, tail) &&
+           (count == 1) == (head == tail);
+}
+
+/* Under the lock: whether the cache of class C can give its first node:
+ * the count agrees with the link, the node is of the class, and its link
+ * is the end (last node) or can be another node. */
+static bool mlPoolHeadOk(const multilist *l, int c) {
+    const mlRoot *r = l->root;
+    dkoff off = mlLoad64(&r->pool[c]);
+    uint64_t want = mlLoad64(&r->poolCount[c]);
+    if (off == 0 || want == 0 || want > ML_POOL_MAX ||
+        !mlClassNodeOk(l, off, c))
+        return false;
+    dkoff next = mlLoad64(&((const mlNode *)dkPtr(l->s, off))->next);
+    return want == 1 ? next == 0 : next != off && mlOffOk(l, next);
+}
+
+/* Under the lock: whether the cache of class C is a chain of exactly its
+ * count of class-C nodes ending in 0 (so without a cycle). Bounded by
+ * ML_POOL_MAX. */
+static bool mlPoolChainOk(const multilist *l, int c) {
+    const mlRoot *r = l->root;
+    uint64_t want = mlLoad64(&r->poolCount[c]), got = 0;
+    if (want > ML_POOL_MAX)
+        return false;
+    for (dkoff off = mlLoad64(&r->pool[c]); off; got++) {
+        if (got >= want || !mlClassNodeOk(l, off, c))
+            return false;
+        off = mlLoad64(&((const mlNode *)dkPtr(l->s, off))->next);
+    }
+    return got == want;
+}
+
 /* The cache class of a node whose payload holds LEN bytes, -1 if none. */
 static int mlClassOf(uint64_t len) {
     for (int c = 0; c < ML_CLASSES; c++)
@@ -468,7 +546,8 @@ static void mlUnlink(multilist *l, dkoff off, uint32_t end) {
     }
 }
 
-/* Take a node of class C from the cache (0 if it is empty). */
+/* Take a node of class C from the cache (0 if it is empty). The caller
+ * checked the cache (mlPoolHeadOk or mlPoolChainOk). */
 static dkoff mlPoolTake(multilist *l, int c) {
     mlRoot *r = l->root;
     dkoff off = r->pool[c];
@@ -495,12 +574,23 @@ static bool mlPoolEmpty(multilist *l) {
 
 /* ---- trim --------------------------------------------------------------- */
 
-/* Free every cached node, ML_TRIM_BATCH per critical section. */
+/* Free every cached node, ML_TRIM_BATCH per critical section. Each
+ * section first checks every cache chain whole (at most ML_POOL_MAX nodes
+ * a class): a damaged one is CORRUPT before the section changes anything,
+ * and a cycle can neither keep the trim here nor free a node twice. The
+ * loop ends: every section that frees nothing returns, and every other
+ * one lowers a cache count that the check bounds. */
 static int mlTrim(multilist *l) {
     for (;;) {
         int rc = mlLock(l, ML_OP_TRIM);
         if (rc != DKSHM_OK)
             return rc;
+        for (int c = 0; c < ML_CLASSES; c++) {
+            if (!mlPoolChainOk(l, c)) {
+                mlUnlock(l);
+                return DKSHM_CORRUPT;
+            }
+        }
         dkoff batch[ML_TRIM_BATCH];
         int n = 0;
         for (int c = 0; c < ML_CLASSES && n < ML_TRIM_BATCH; c++) {
@@ -565,16 +655,27 @@ static int mlNewNode(multilist *l, const void *item, uint64_t len, bool locked,
 
 /* Under the lock, with room in the list: push LEN bytes of ITEM at END,
  * in FRESH (a filled node of ours in flight) or, when FRESH is 0, in a
- * cached node. ML_NEEDNODE when there is neither (nothing changed). */
+ * cached node. ML_NEEDNODE when there is neither, CORRUPT when the root's
+ * ends or the cache are damaged (nothing changed either way; FRESH is
+ * still the caller's). */
 static int mlPushLocked(multilist *l, uint32_t end, const void *item,
                         uint64_t len, dkoff fresh) {
     mlRoot *r = l->root;
     dkoff off = fresh;
+    if (!mlEndsOk(l))
+        return DKSHM_CORRUPT;
     if (!off) {
         int cls = mlClassOf(len);
         if (cls < 0 || !r->pool[cls])
             return ML_NEEDNODE;
-        off = mlPoolTake(l, cls);
+        if (!mlPoolHeadOk(l, cls))
+            return DKSHM_CORRUPT;
+        off = r->pool[cls];
+        /* A node also linked at the end it joins would become its own
+         * neighbour. */
+        if (off == (end == MULTILIST_TAIL ? r->tail : r->head))
+            return DKSHM_CORRUPT;
+        mlPoolTake(l, cls);
         mlNode *n = mlNodeAt(l, off);
         __atomic_store_n(&n->len, len, __ATOMIC_RELAXED);
         if (len)
@@ -617,6 +718,10 @@ DKSHM_API int multilistPush(multilist *l, uint32_t end, const void *item,
             rc = DKSHM_SHUTDOWN;
             break;
         }
+        if (!mlEndsOk(l)) { /* a damaged count must not make us wait */
+            rc = DKSHM_CORRUPT;
+            break;
+        }
         if (r->count >= l->limit) {
             rc = mlWait(l, &r->notFull, &w, ML_WANT_ROOM, ML_OP_PUSH);
             if (rc == DKSHM_OK)
@@ -638,6 +743,8 @@ DKSHM_API int multilistPush(multilist *l, uint32_t end, const void *item,
             locked = true;
             continue;
         }
+        if (rc != DKSHM_OK)
+            break; /* CORRUPT: nothing changed, FRESH is still ours */
         fresh = 0; /* the list's now */
         mlPushWake(l);
         break;
@@ -689,6 +796,10 @@ DKSHM_API int multilistPushMany(multilist *l, uint32_t end,
             rc = DKSHM_SHUTDOWN;
             break;
         }
+        if (!mlEndsOk(l)) { /* a damaged count must not make us wait */
+            rc = DKSHM_CORRUPT;
+            break;
+        }
         if (r->count >= l->limit) {
             if (!told)
                 mlPushWake(l); /* the wait commits */
@@ -723,6 +834,8 @@ DKSHM_API int multilistPushMany(multilist *l, uint32_t end,
             if (rc != DKSHM_OK)
                 break;
             rc = mlPushLocked(l, end, items[i], lens[i], fresh);
+            if (rc != DKSHM_OK) /* CORRUPT: the node is still ours */
+                mlFreeInflight(l, fresh);
         }
         if (rc != DKSHM_OK)
             break;
@@ -748,14 +861,32 @@ DKSHM_API int multilistPushMany(multilist *l, uint32_t end,
 static int mlPopLocked(multilist *l, uint32_t end, uint8_t *buf, size_t bufLen,
                        size_t *len, dkoff *garbage) {
     mlRoot *r = l->root;
-    dkoff off = end == MULTILIST_HEAD ? r->head : r->tail;
-    mlNode *n = mlNodeAt(l, off);
-    uint64_t ilen = n->len;
-    *len = (size_t)ilen;
+    *len = 0;
     *garbage = 0;
+    /* Before any change: the ends, the node, its length, and the neighbour
+     * that becomes the new end (it must link back to the node, which also
+     * keeps a cycle from popping one node twice). */
+    if (!mlEndsOk(l) || r->count == 0)
+        return DKSHM_CORRUPT;
+    dkoff off = end == MULTILIST_HEAD ? r->head : r->tail;
+    if (!mlNodeOk(l, off))
+        return DKSHM_CORRUPT;
+    mlNode *n = mlNodeAt(l, off);
+    uint64_t ilen = n->len, cap = n->cap;
+    if (ilen > cap || ilen > l->maxItem)
+        return DKSHM_CORRUPT;
+    if (r->count > 1) {
+        dkoff nb = end == MULTILIST_HEAD ? n->next : n->prev;
+        if (nb == off || !mlOffOk(l, nb))
+            return DKSHM_CORRUPT;
+        mlNode *m = mlNodeAt(l, nb);
+        if ((end == MULTILIST_HEAD ? m->prev : m->next) != off)
+            return DKSHM_CORRUPT;
+    }
+    *len = (size_t)ilen;
     if (ilen > bufLen)
         return DKSHM_TOOBIG;
-    int cls = mlClassOfCap(n->cap);
+    int cls = mlClassOfCap(cap);
     if (cls >= 0 && r->poolCount[cls] >= ML_POOL_MAX)
         cls = -1;
     if (cls < 0) {
@@ -781,12 +912,12 @@ static int mlPopLocked(multilist *l, uint32_t end, uint8_t *buf, size_t bufLen,
     return DKSHM_OK;
 }
 
-/* After the commit: copy a large item out of its node (ours alone now, in
- * flight) and free the node. */
-static void mlPopFinish(multilist *l, dkoff garbage, uint8_t *buf) {
+/* After the commit: copy a large item of LEN bytes (checked under the
+ * lock) out of its node (ours alone now, in flight) and free the node. */
+static void mlPopFinish(multilist *l, dkoff garbage, uint8_t *buf, size_t len) {
     mlNode *n = mlNodeAt(l, garbage);
-    if (n->len > ML_COPY_LOCKED_MAX)
-        memcpy(buf, mlPayload(n), n->len);
+    if (len > ML_COPY_LOCKED_MAX)
+        memcpy(buf, mlPayload(n), len);
     mlFreeInflight(l, garbage);
 }
 
@@ -796,6 +927,8 @@ static void mlPopFinish(multilist *l, dkoff garbage, uint8_t *buf) {
 static int mlWaitItem(multilist *l, mlWaiter *w, bool *locked) {
     mlRoot *r = l->root;
     while (r->count == 0) {
+        if (!mlEndsOk(l))
+            return DKSHM_CORRUPT; /* lock held */
         if (r->shutdown)
             return DKSHM_SHUTDOWN;
         int rc = mlWait(l, &r->notEmpty, w, ML_WANT_ITEM, ML_OP_POP);
@@ -829,7 +962,7 @@ DKSHM_API int multilistPop(multilist *l, uint32_t end, void *buf, size_t bufLen,
     if (locked)
         mlUnlock(l);
     if (garbage)
-        mlPopFinish(l, garbage, buf);
+        mlPopFinish(l, garbage, buf, *len);
     return rc;
 }
 
@@ -862,7 +995,7 @@ DKSHM_API int multilistPopMany(multilist *l, uint32_t end, void *buf,
     bool locked = true;
     struct {
         dkoff node;
-        size_t at;
+        size_t at, len;
     } garbage[ML_MANY_GARBAGE];
     int ng = 0;
     size_t n = 0, used = 0;
@@ -887,6 +1020,7 @@ DKSHM_API int multilistPopMany(multilist *l, uint32_t end, void *buf,
         }
         if (g) {
             garbage[ng].node = g;
+            garbage[ng].len = len;
             garbage[ng++].at = used;
         }
         lens[n++] = len;
@@ -898,7 +1032,8 @@ DKSHM_API int multilistPopMany(multilist *l, uint32_t end, void *buf,
         mlUnlock(l);
     }
     for (int i = 0; i < ng; i++)
-        mlPopFinish(l, garbage[i].node, (uint8_t *)buf + garbage[i].at);
+        mlPopFinish(l, garbage[i].node, (uint8_t *)buf + garbage[i].at,
+                    garbage[i].len);
     *popped = n;
     return rc;
 }
@@ -916,12 +1051,18 @@ DKSHM_API int multilistPeek(multilist *l, uint32_t end, void *buf,
     if (r->count == 0) {
         rc = DKSHM_NOTFOUND;
     } else {
-        mlNode *n = mlNodeAt(l, end == MULTILIST_HEAD ? r->head : r->tail);
-        *len = (size_t)n->len;
-        if (n->len > bufLen)
-            rc = DKSHM_TOOBIG;
-        else if (n->len)
-            memcpy(buf, mlPayload(n), n->len);
+        dkoff off = end == MULTILIST_HEAD ? r->head : r->tail;
+        mlNode *n = mlEndsOk(l) && mlNodeOk(l, off) ? mlNodeAt(l, off) : NULL;
+        uint64_t ilen = n ? n->len : 0;
+        if (!n || ilen > n->cap || ilen > l->maxItem) {
+            rc = DKSHM_CORRUPT;
+        } else {
+            *len = (size_t)ilen;
+            if (ilen > bufLen)
+                rc = DKSHM_TOOBIG;
+            else if (ilen)
+                memcpy(buf, mlPayload(n), ilen);
+        }
     }
     mlUnlock(l);
     return rc;
@@ -1108,16 +1249,6 @@ dkoff multilistRootOff(const multilist *l) {
 
 /* ---- check and block walk ----------------------------------------------- */
 
-/* Whether OFF can be a node of payload capacity CAP inside the heap. */
-static bool mlNodeOk(const multilist *l, dkoff off) {
-    dkshm *s = l->s;
-    if (off < s->hdr->heap || (off & 7) || !dkRangeOk(s, off, ML_NODE_HDR))
-        return false;
-    const mlNode *n = dkPtr(s, off);
-    uint64_t cap = __atomic_load_n(&n->cap, __ATOMIC_RELAXED);
-    return cap <= MULTILIST_ITEM_MAX && dkRangeOk(s, off, ML_NODE_HDR + cap);
-}
-
 typedef struct mlWalk { /* per call */
     multilist *l;
     dkoff *offs; /* every block seen, for the duplicate test */
@@ -1164,6 +1295,9 @@ static int mlCheckBody(mlWalk *w) {
         return mlFail(why, wl, "%llu items over the capacity %llu",
                       (unsigned long long)count,
                       (unsigned long long)r->maxItems);
+    if (count > l->s->heapSize / ML_NODE_HDR)
+        return mlFail(why, wl, "%llu items, more than the heap holds",
+                      (unsigned long long)count);
     /* Forwards, bounded by the count: no cycle can keep us here (and a
      * node met twice is caught below). head->prev and tail->next mean
      * nothing. */
@@ -1334,20 +1468,33 @@ int multilistForEachBlock(multilist *l, multilistBlockFn fn, void *ctx) {
     mlRoot *r = l->root;
     int rc = fn(ctx, l->rootOff, mlRootBytes(), MULTILIST_BLOCK_ROOT);
     uint64_t count = mlLoad64(&r->count), seen;
-    dkoff off = mlLoad64(&r->head);
+    dkoff head = mlLoad64(&r->head), off = head, prev = 0;
+    /* Bounded by the count, itself bounded by the heap; with every prev
+     * link checked, a node met twice can only be the head: a cycle. */
+    if (rc == 0 && count > l->s->heapSize / ML_NODE_HDR)
+        rc = DKSHM_CORRUPT;
     for (uint64_t i = 0; i < count && rc == 0; i++) {
-        if (!mlNodeOk(l, off)) {
+        if ((i > 0 && off == head) || !mlNodeOk(l, off)) {
             rc = DKSHM_CORRUPT;
             break;
         }
         mlNode *n = mlNodeAt(l, off);
+        if (i > 0 && mlLoad64(&n->prev) != prev) {
+            rc = DKSHM_CORRUPT;
+            break;
+        }
         rc =
             fn(ctx, off, ML_NODE_HDR + mlLoad64(&n->cap), MULTILIST_BLOCK_NODE);
+        prev = off;
         off = mlLoad64(&n->next);
     }
     for (int c = 0; c < ML_CLASSES && rc == 0; c++) {
         uint64_t want = mlLoad64(&r->poolCount[c]);
         seen = 0;
+        if (want > ML_POOL_MAX) {
+            rc = DKSHM_CORRUPT;
+            break;
+        }
         for (off = mlLoad64(&r->pool[c]); off && rc == 0; seen++) {
             if (seen >= want || !mlNodeOk(l, off)) {
                 rc = DKSHM_CORRUPT;

@@ -971,6 +971,288 @@ START_TEST(test_for_each_item_damaged) {
 }
 END_TEST
 
+/* ---- damaged lists: writers say CORRUPT, never fault ----------------- */
+
+/* Words of the root block (mlRoot) and of a node (mlNode) that the
+ * damage tests write, as tests/fuzzSegment damages them. */
+enum {
+    RT_HEAD = 80,
+    RT_TAIL = 88,
+    RT_COUNT = 96,
+    RT_POOL0 = 128,
+    RT_POOLCOUNT0 = 152,
+    RT_SNAP_END = 184, /* head .. shutdown: what every writer changes */
+    ND_NEXT = 0,
+    ND_PREV = 8,
+    ND_LEN = 16,
+    ND_CAP = 24,
+};
+
+/* A list of 3 small items (nodes N0..N2, head first) and 3 cached class-0
+ * nodes (C0..C2, in cache order). */
+typedef struct dmgList {
+    multilist *x;
+    dkoff root;
+    dkoff node[3], cached[3];
+    int nNode, nCached;
+} dmgList;
+
+static int dmgCollect(void *ctx, dkoff off, uint64_t bytes, int kind) {
+    (void)bytes;
+    dmgList *d = ctx;
+    if (kind == MULTILIST_BLOCK_NODE && d->nNode < 3)
+        d->node[d->nNode++] = off;
+    if (kind == MULTILIST_BLOCK_FREE && d->nCached < 3)
+        d->cached[d->nCached++] = off;
+    return 0;
+}
+
+static void dmgMake(dmgList *d, const char *name) {
+    *d = (dmgList){.x = openList(name, 0)};
+    char item[8];
+    for (int i = 0; i < 6; i++) {
+        snprintf(item, sizeof item, "i%d", i);
+        pushStr(d->x, MULTILIST_TAIL, item);
+    }
+    for (int i = 0; i < 3; i++) {
+        snprintf(item, sizeof item, "i%d", i);
+        assertPop(d->x, MULTILIST_HEAD, item);
+    }
+    d->root = multilistRootOff(d->x);
+    ck_assert_int_eq(multilistForEachBlock(d->x, dmgCollect, d), DKSHM_OK);
+    ck_assert_int_eq(d->nNode, 3);
+    ck_assert_int_eq(d->nCached, 3);
+    TEST_ASSERT_CHECK(multilistCheck, d->x);
+}
+
+/* The words a failed writer must leave as they were: the root's list and
+ * cache words and the six node headers. */
+typedef struct dmgSnap {
+    uint8_t root[RT_SNAP_END - RT_HEAD];
+    uint8_t nodes[6][32];
+} dmgSnap;
+
+static void dmgSnapTake(const dmgList *d, dmgSnap *sn) {
+    memcpy(sn->root, dkshmPtr(seg, d->root + RT_HEAD), sizeof sn->root);
+    for (int i = 0; i < 3; i++) {
+        memcpy(sn->nodes[i], dkshmPtr(seg, d->node[i]), 32);
+        memcpy(sn->nodes[3 + i], dkshmPtr(seg, d->cached[i]), 32);
+    }
+}
+
+enum {
+    DOP_PEEKH,
+    DOP_PEEKT,
+    DOP_POPH,
+    DOP_POPT,
+    DOP_PUSHH,
+    DOP_PUSHT,
+    DOP_PUSHMANY,
+    DOP_POPMANY,
+    DOP_TRIM,
+    DOP_N
+};
+static const char *const dopName[DOP_N] = {"PeekHead", "PeekTail", "PopHead",
+                                           "PopTail",  "PushHead", "PushTail",
+                                           "PushMany", "PopMany",  "Trim"};
+
+/* Items a batch op moved: a batch that meets damage after some items
+ * keeps them (each item is atomic, like a batch cut short by a crash). */
+static size_t dmgMoved;
+
+static int dmgOp(multilist *x, int op) {
+    char buf[256];
+    size_t len, lens[4], n = 0;
+    int rc;
+    dmgMoved = 0;
+    const void *items[3] = {"x", "y", "z"};
+    const size_t ilens[3] = {1, 1, 1};
+    switch (op) {
+    case DOP_PEEKH:
+        return multilistPeek(x, MULTILIST_HEAD, buf, sizeof buf, &len);
+    case DOP_PEEKT:
+        return multilistPeek(x, MULTILIST_TAIL, buf, sizeof buf, &len);
+    case DOP_POPH:
+        return multilistPop(x, MULTILIST_HEAD, buf, sizeof buf, &len,
+                            MULTILIST_NOWAIT);
+    case DOP_POPT:
+        return multilistPop(x, MULTILIST_TAIL, buf, sizeof buf, &len,
+                            MULTILIST_NOWAIT);
+    case DOP_PUSHH:
+        return multilistPush(x, MULTILIST_HEAD, "h", 1, MULTILIST_NOWAIT);
+    case DOP_PUSHT:
+        return multilistPush(x, MULTILIST_TAIL, "t", 1, MULTILIST_NOWAIT);
+    case DOP_PUSHMANY:
+        rc = multilistPushMany(x, MULTILIST_TAIL, items, ilens, 3, &n,
+                               MULTILIST_NOWAIT);
+        dmgMoved = n;
+        return rc;
+    case DOP_POPMANY:
+        rc = multilistPopMany(x, MULTILIST_HEAD, buf, sizeof buf, lens, 4, &n,
+                              MULTILIST_NOWAIT);
+        dmgMoved = n;
+        return rc;
+    default:
+        return multilistTrim(x);
+    }
+}
+
+/* Where a damage goes: the root, list node N0..N2 or cached node C0..C2. */
+enum { DW_ROOT, DW_N0, DW_N1, DW_N2, DW_C0, DW_C1, DW_C2 };
+/* What it writes: a value, or the offset of a block of the list. */
+enum { DV_ABS, DV_PLUS, DV_N0, DV_N1, DV_N2, DV_C0 };
+#define DM(op) (1u << (op))
+#define DM_ALL_BUT_TRIM (DM(DOP_TRIM) - 1u)
+#define DM_CACHE_TAKERS                                                        \
+    (DM(DOP_PUSHH) | DM(DOP_PUSHT) | DM(DOP_PUSHMANY) | DM(DOP_TRIM))
+
+typedef struct dmgSpec {
+    int where;
+    unsigned field;
+    int kind;
+    uint64_t value;
+    unsigned mustCorrupt; /* ops that must say CORRUPT (DM bits) */
+    const char *what;
+} dmgSpec;
+
+static const dmgSpec dmgSpecs[] = {
+    {DW_ROOT, RT_HEAD, DV_ABS, 1ull << 62, DM_ALL_BUT_TRIM, "head outside"},
+    {DW_ROOT, RT_HEAD, DV_PLUS, 4, DM_ALL_BUT_TRIM, "head misaligned"},
+    {DW_ROOT, RT_TAIL, DV_ABS, 8, DM_ALL_BUT_TRIM, "tail below the heap"},
+    {DW_ROOT, RT_COUNT, DV_ABS, 0,
+     DM(DOP_POPH) | DM(DOP_POPT) | DM(DOP_PUSHH) | DM(DOP_PUSHT) |
+         DM(DOP_PUSHMANY) | DM(DOP_POPMANY),
+     "count 0 with a head"},
+    {DW_ROOT, RT_COUNT, DV_ABS, 1ull << 40, DM_ALL_BUT_TRIM, "count huge"},
+    {DW_ROOT, RT_POOL0, DV_ABS, 1ull << 62, DM_CACHE_TAKERS, "cache outside"},
+    {DW_ROOT, RT_POOL0, DV_PLUS, 12, DM_CACHE_TAKERS, "cache misaligned"},
+    {DW_ROOT, RT_POOL0, DV_N1, 0, DM(DOP_TRIM), "cache shares a list node"},
+    {DW_ROOT, RT_POOLCOUNT0, DV_ABS, 5000, DM_CACHE_TAKERS, "cache count huge"},
+    {DW_ROOT, RT_POOLCOUNT0, DV_ABS, 0, DM_CACHE_TAKERS, "cache count 0"},
+    {DW_N0, ND_NEXT, DV_ABS, 1ull << 62, DM(DOP_POPH) | DM(DOP_POPMANY),
+     "head's next outside"},
+    {DW_N0, ND_NEXT, DV_N0, 0, DM(DOP_POPH) | DM(DOP_POPMANY),
+     "head's next is itself"},
+    {DW_N1, ND_PREV, DV_N2, 0, DM(DOP_POPH) | DM(DOP_POPMANY),
+     "backward cycle"},
+    {DW_N2, ND_PREV, DV_ABS, 7, DM(DOP_POPT), "tail's prev misaligned"},
+    {DW_N0, ND_LEN, DV_ABS, 1000,
+     DM(DOP_PEEKH) | DM(DOP_POPH) | DM(DOP_POPMANY), "length over capacity"},
+    {DW_N2, ND_CAP, DV_ABS, 1ull << 50, DM(DOP_PEEKT) | DM(DOP_POPT),
+     "capacity outside"},
+    {DW_C0, ND_NEXT, DV_ABS, 1ull << 62, DM_CACHE_TAKERS,
+     "cached next outside"},
+    {DW_C1, ND_NEXT, DV_C0, 0, DM(DOP_TRIM), "cycle in the cache"},
+    {DW_C0, ND_CAP, DV_ABS, 1ull << 50, DM_CACHE_TAKERS,
+     "cached capacity outside"},
+};
+#define N_DMG (sizeof dmgSpecs / sizeof dmgSpecs[0])
+
+static void dmgApply(const dmgList *d, const dmgSpec *sp) {
+    dkoff blk = sp->where == DW_ROOT ? d->root
+                : sp->where <= DW_N2 ? d->node[sp->where - DW_N0]
+                                     : d->cached[sp->where - DW_C0];
+    uint64_t *w = dkshmPtr(seg, blk + sp->field);
+    uint64_t v = sp->value;
+    switch (sp->kind) {
+    case DV_PLUS:
+        v = *w + sp->value;
+        break;
+    case DV_N0:
+    case DV_N1:
+    case DV_N2:
+        v = d->node[sp->kind - DV_N0];
+        break;
+    case DV_C0:
+        v = d->cached[0];
+        break;
+    }
+    *w = v;
+}
+
+/* Damage a root or node word the way fuzzSegment did (bugs: Trim followed
+ * a damaged cache link, Pop a damaged head or tail), then every writer and
+ * reader: CORRUPT (with nothing changed) where it must, a valid result
+ * otherwise, never a fault or a hang; multilistCheck names the damage. */
+static void dmgRun(size_t first, size_t last) {
+    for (size_t i = first; i < last && i < N_DMG; i++) {
+        const dmgSpec *sp = &dmgSpecs[i];
+        for (int op = 0; op < DOP_N; op++) {
+            char name[32], why[256] = "";
+            snprintf(name, sizeof name, "dmg%zu.%d", i, op);
+            dmgList d;
+            dmgMake(&d, name);
+            dmgApply(&d, sp);
+            int rc = multilistCheck(d.x, why, sizeof why);
+            ck_assert_msg(rc == DKSHM_CORRUPT && why[0],
+                          "%s: check says %s (%s)", sp->what, dkshmErrName(rc),
+                          why);
+            dmgSnap before, after;
+            dmgSnapTake(&d, &before);
+            rc = dmgOp(d.x, op);
+            ck_assert_msg(rc == DKSHM_OK || rc == DKSHM_CORRUPT ||
+                              rc == DKSHM_NOTFOUND || rc == DKSHM_FULL,
+                          "%s: %s returned %s", sp->what, dopName[op],
+                          dkshmErrName(rc));
+            /* (A batch may first move items the damage does not touch.) */
+            if ((sp->mustCorrupt & DM(op)) && dmgMoved == 0)
+                ck_assert_msg(rc == DKSHM_CORRUPT, "%s: %s returned %s",
+                              sp->what, dopName[op], dkshmErrName(rc));
+            if (rc == DKSHM_CORRUPT && dmgMoved == 0) {
+                dmgSnapTake(&d, &after);
+                ck_assert_msg(memcmp(&before, &after, sizeof before) == 0,
+                              "%s: %s said CORRUPT but changed the list",
+                              sp->what, dopName[op]);
+            }
+            /* Whatever is left: more operations and a check, no fault. */
+            for (int o2 = 0; o2 < DOP_N; o2++)
+                (void)dmgOp(d.x, o2);
+            rc = multilistCheck(d.x, why, sizeof why);
+            ck_assert(rc == DKSHM_OK || rc == DKSHM_CORRUPT);
+            multilistClose(d.x);
+        }
+    }
+    /* The undamaged list beside them is untouched. */
+    TEST_ASSERT_CHECK(multilistCheck, l);
+}
+
+START_TEST(test_damaged_root) {
+    dmgRun(0, 10);
+}
+END_TEST
+
+START_TEST(test_damaged_node) {
+    dmgRun(10, N_DMG);
+}
+END_TEST
+
+/* The two fuzzSegment reproducers, in their own words: a damaged cache
+ * link (listroot, seed 0xb start 115) and a damaged head (any, seed 0xb
+ * start 174). */
+START_TEST(test_damaged_fuzz_cases) {
+    dmgList d;
+    dmgMake(&d, "fz1");
+    *(uint64_t *)dkshmPtr(seg, d.root + RT_POOL0) ^= 1ull << 45;
+    ck_assert_int_eq(multilistTrim(d.x), DKSHM_CORRUPT);
+    multilistClose(d.x);
+    dmgMake(&d, "fz2");
+    *(uint64_t *)dkshmPtr(seg, d.root + RT_HEAD) ^= 1ull << 45;
+    char buf[64];
+    ck_assert_int_eq(popStr(d.x, MULTILIST_HEAD, buf, sizeof buf),
+                     DKSHM_CORRUPT);
+    ck_assert_int_eq(popStr(d.x, MULTILIST_TAIL, buf, sizeof buf),
+                     DKSHM_CORRUPT);
+    /* Put back, the list is whole again and works. */
+    *(uint64_t *)dkshmPtr(seg, d.root + RT_HEAD) ^= 1ull << 45;
+    TEST_ASSERT_CHECK(multilistCheck, d.x);
+    assertPop(d.x, MULTILIST_HEAD, "i3");
+    assertPop(d.x, MULTILIST_TAIL, "i5");
+    ck_assert_int_eq(multilistTrim(d.x), DKSHM_OK);
+    TEST_ASSERT_CHECK(multilistCheck, d.x);
+    multilistClose(d.x);
+}
+END_TEST
+
 /* A walk while another process pushes and pops: every view that is not
  * BUSY is a run of consecutive items in order. */
 static int churnList(void *arg) {
@@ -2250,6 +2532,9 @@ static Suite *multilistSuite(void) {
          {test_bad_input, test_wrong_type, test_read_only, test_full_segment,
           test_for_each_item, test_for_each_item_damaged,
           test_for_each_item_changing},
+         60},
+        {"damaged",
+         {test_damaged_root, test_damaged_node, test_damaged_fuzz_cases},
          60},
         {"blocking",
          {test_blocking_wakeups, test_shutdown_wakes_all, test_waiter_killed},

@@ -381,6 +381,29 @@ static void mbListPush(mbOp *op, uint32_t *head, uint32_t i) {
     mbSet32(op, head, i);
 }
 
+/* Whether I's links can be followed to unlink it from the list at HEAD:
+ * both neighbours are pages (or NIL) that point back at I. The links are
+ * in the segment; a damaged table must give CORRUPT, not a stray write. */
+static bool mbLinksOk(const membound *m, const uint32_t *head, uint32_t i) {
+    if (i >= m->nPages)
+        return false;
+    uint32_t n = mbLoad32(mbNext(m, i)), p = mbLoad32(mbPrev(m, i));
+    if ((n != MB_NIL && n >= m->nPages) || (p != MB_NIL && p >= m->nPages))
+        return false;
+    if (p == MB_NIL ? mbLoad32(head) != i : mbLoad32(mbNext(m, p)) != i)
+        return false;
+    return n == MB_NIL || mbLoad32(mbPrev(m, n)) == i;
+}
+
+/* Whether I can be pushed on the list at HEAD: I is a page and the old
+ * head is NIL or a page at the front of its list. */
+static bool mbHeadOk(const membound *m, const uint32_t *head, uint32_t i) {
+    uint32_t h = mbLoad32(head);
+    return i < m->nPages &&
+           (h == MB_NIL ||
+            (h < m->nPages && mbLoad32(mbPrev(m, h)) == MB_NIL));
+}
+
 static void mbListRemove(mbOp *op, uint32_t *head, uint32_t i) {
     membound *m = op->m;
     uint32_t n = mbLoad32(mbNext(m, i)), p = mbLoad32(mbPrev(m, i));
@@ -634,6 +657,9 @@ static int mbSlabAlloc(mbOp *op, int c, dkoff *out) {
     uint32_t slot = w * 64 + bit;
     if (slot >= g->nSlots)
         return DKSHM_CORRUPT;
+    if (mbLoad32(&sl->used) + 1 >= g->nSlots &&
+        !mbLinksOk(m, &cl->partial, h))
+        return DKSHM_CORRUPT; /* checked before the first change */
     mbSet64(op, &sl->bits[w], word | (1ull << bit));
     uint32_t used = mbLoad32(&sl->used) + 1;
     mbSet32(op, &sl->used, used);
@@ -646,12 +672,18 @@ static int mbSlabAlloc(mbOp *op, int c, dkoff *out) {
     return DKSHM_OK;
 }
 
-static void mbSlabFree(mbOp *op, const mbBlock *b) {
+static int mbSlabFree(mbOp *op, const mbBlock *b) {
     membound *m = op->m;
     mbRoot *r = m->root;
     const mbGeo *g = &m->geo[b->cls];
     mbClass *cl = &r->cls[b->cls];
     mbSlab *sl = mbSlabAt(m, b->page);
+    uint32_t was = mbLoad32(&sl->used);
+    /* The list links are in the segment: check them before any change. */
+    if (was == 0 || was > g->nSlots ||
+        (was == g->nSlots ? !mbHeadOk(m, &cl->partial, b->page)
+                          : !mbLinksOk(m, &cl->partial, b->page)))
+        return DKSHM_CORRUPT;
     uint64_t *w = &sl->bits[b->slot / 64];
     mbSet64(op, w, mbLoad64(w) & ~(1ull << (b->slot % 64)));
     uint32_t used = mbLoad32(&sl->used) - 1;
@@ -664,6 +696,7 @@ static void mbSlabFree(mbOp *op, const mbBlock *b) {
     if (used == 0 && (mbLoad32(&cl->partial) != b->page ||
                       mbLoad32(mbNext(m, b->page)) != MB_NIL))
         mbSlabRelease(op, b->page, b->cls);
+    return DKSHM_OK;
 }
 
 /* ---- allocations -------------------------------------------------------- */
@@ -730,10 +763,8 @@ static int mbFreeLocked(mbOp *op, dkoff off) {
     int rc = mbFind(op->m, off, &b);
     if (rc != DKSHM_OK)
         return rc;
-    if (b.cls >= 0) {
-        mbSlabFree(op, &b);
-        return DKSHM_OK;
-    }
+    if (b.cls >= 0)
+        return mbSlabFree(op, &b);
     mbAdd64(op, &op->m->root->usedBytes, -(int64_t)b.size);
     mbAdd64(op, &op->m->root->allocations, -1);
     mbBuddyFree(op, b.page, b.order, false);

@@ -202,6 +202,38 @@ static int maLock(multiarray *a, maOp *op, uint32_t what) {
     return DKSHM_OK;
 }
 
+/* Whether the root's block, capacity and count (read under the lock) can
+ * be followed: a damaged root must give CORRUPT, not a stray access. The
+ * same bounds as multiarrayGet's and maCheckBody's, without the
+ * allocator's word on the block. */
+static bool maShapeOk(const multiarray *a) {
+    const maRoot *r = a->root;
+    dkoff data = maLoad64(&r->data);
+    uint64_t count = maLoad64(&r->count), cap = maLoad64(&r->cap);
+    if (count > cap || cap > a->maxElems)
+        return false;
+    if (!data)
+        return cap == 0;
+    uint64_t bytes = maBlockBytes(a, cap);
+    return data >= a->s->hdr->heap && !(data & 7) &&
+           dkRangeOk(a->s, data, bytes) &&
+           (data >= a->rootOff + MA_ROOT_BYTES + DK_UNDO_BYTES(MA_UNDO_CAP) ||
+            data + bytes <= a->rootOff);
+}
+
+static void maUnlock(maOp *op);
+
+/* maLock for the operations that follow the root's block: CORRUPT, with
+ * the lock released and nothing changed, if the root cannot be trusted. */
+static int maLockShape(multiarray *a, maOp *op, uint32_t what) {
+    int rc = maLock(a, op, what);
+    if (rc == DKSHM_OK && !maShapeOk(a)) {
+        maUnlock(op);
+        return DKSHM_CORRUPT;
+    }
+    return rc;
+}
+
 static void maBegin(maOp *op) {
     if (!op->writing) {
         dkSeqWriteBegin(&op->a->root->seq);
@@ -346,7 +378,7 @@ DKSHM_API int multiarrayInsert(multiarray *a, uint64_t index,
     if (!a || !elem)
         return DKSHM_INVALID;
     maOp op;
-    int rc = maLock(a, &op, MA_OP_INSERT);
+    int rc = maLockShape(a, &op, MA_OP_INSERT);
     if (rc != DKSHM_OK)
         return rc;
     rc = maInsertLocked(&op, index, elem);
@@ -359,7 +391,7 @@ DKSHM_API int multiarrayAppend(multiarray *a, const void *elem,
     if (!a || !elem)
         return DKSHM_INVALID;
     maOp op;
-    int rc = maLock(a, &op, MA_OP_APPEND);
+    int rc = maLockShape(a, &op, MA_OP_APPEND);
     if (rc != DKSHM_OK)
         return rc;
     uint64_t at = a->root->count;
@@ -374,7 +406,7 @@ DKSHM_API int multiarraySet(multiarray *a, uint64_t index, const void *elem) {
     if (!a || !elem)
         return DKSHM_INVALID;
     maOp op;
-    int rc = maLock(a, &op, MA_OP_SET);
+    int rc = maLockShape(a, &op, MA_OP_SET);
     if (rc != DKSHM_OK)
         return rc;
     maRoot *r = a->root;
@@ -401,7 +433,7 @@ DKSHM_API int multiarrayDelete(multiarray *a, uint64_t index) {
     if (!a)
         return DKSHM_INVALID;
     maOp op;
-    int rc = maLock(a, &op, MA_OP_DELETE);
+    int rc = maLockShape(a, &op, MA_OP_DELETE);
     if (rc != DKSHM_OK)
         return rc;
     maRoot *r = a->root;
@@ -456,7 +488,7 @@ DKSHM_API int multiarrayElemSize(multiarray *a, size_t *size) {
  * writers keep making us retry. */
 static int maGetLocked(multiarray *a, uint64_t index, void *elem) {
     maOp op;
-    int rc = maLock(a, &op, MA_OP_READ);
+    int rc = maLockShape(a, &op, MA_OP_READ);
     if (rc != DKSHM_OK)
         return rc;
     maRoot *r = a->root;
@@ -620,7 +652,7 @@ static void maReserve(multiarray *a, uint64_t cap) {
     if (cap > a->maxElems)
         return;
     maOp op;
-    if (maLock(a, &op, MA_OP_APPEND) != DKSHM_OK)
+    if (maLockShape(a, &op, MA_OP_APPEND) != DKSHM_OK)
         return;
     if (a->root->data == 0) {
         maEdit e = {0};

@@ -1532,6 +1532,22 @@ static int mmInsertLocked(mmOp *op, const mmKey *k, dkoff entry, uint64_t esize,
     }
     if (eq && (flags & MULTIMAP_NOOVERWRITE))
         return DKSHM_EXISTS;
+    /* Overwriting: check the old entry before following it (a damaged
+     * leaf may hold any ref), while nothing is changed yet. */
+    dkoff oldEntry = 0;
+    uint64_t oldSize = 0;
+    if (eq) {
+        mmSlot *sl = mmSlotAt(leaf, pos);
+        if (!sl)
+            return DKSHM_CORRUPT;
+        oldEntry = LD64(&sl->ref);
+        if (!mmBlockKey(t, oldEntry, k->len, MM_KIND_ENTRY))
+            return DKSHM_CORRUPT;
+        uint64_t ovlen = LD64(&((const mmEntry *)dkPtr(s, oldEntry))->vlen);
+        oldSize = mmEntrySize(k->len, ovlen);
+        if (ovlen > s->size || !dkRangeOk(s, oldEntry, oldSize))
+            return DKSHM_CORRUPT;
+    }
     /* ---- phase 1: the plan and its blocks ---- */
     mmSlot nv = {k->k0, k->k1, mmMeta(k->len, 0), entry};
     static __thread mmInsertPlan plBuf; /* 7 KiB: off the stack */
@@ -1602,11 +1618,8 @@ static int mmInsertLocked(mmOp *op, const mmKey *k, dkoff entry, uint64_t esize,
         mmSlot *sl = mmSlotAt(leaf, pos);
         if (!sl)
             return DKSHM_CORRUPT;
-        dkoff old = LD64(&sl->ref);
-        const mmEntry *oe = dkPtr(s, old);
-        uint64_t oldSize = mmEntrySize(k->len, LD64(&oe->vlen));
         mmSet64(op, &sl->ref, entry);
-        if ((rc = mmUnlink(op, old)) != DKSHM_OK)
+        if ((rc = mmUnlink(op, oldEntry)) != DKSHM_OK)
             return rc;
         mmAdd64(op, &h->entryBytes, (int64_t)esize - (int64_t)oldSize);
         return DKSHM_OK; /* the count does not change */
@@ -1856,8 +1869,10 @@ static int mmDeleteLocked(mmOp *op, const mmKey *k) {
     uint32_t eklen = mmKlen(cur[pos].v.meta);
     if (!mmBlockKey(t, entry, eklen, MM_KIND_ENTRY))
         return DKSHM_CORRUPT;
-    uint64_t esize =
-        mmEntrySize(eklen, LD64(&((const mmEntry *)dkPtr(s, entry))->vlen));
+    uint64_t evlen = LD64(&((const mmEntry *)dkPtr(s, entry))->vlen);
+    uint64_t esize = mmEntrySize(eklen, evlen);
+    if (evlen > s->size || !dkRangeOk(s, entry, esize))
+        return DKSHM_CORRUPT;
     memmove(&cur[pos], &cur[pos + 1], (n - pos - 1) * sizeof cur[0]);
     n--;
     mmBegin(op, MM_OP_DELETE);

@@ -416,6 +416,69 @@ START_TEST(test_open_by_name) {
 }
 END_TEST
 
+/* A damaged root (block offset, capacity or count) is CORRUPT for every
+ * writer and the locked read, with nothing changed: the writers used to
+ * follow the root's block offset unchecked (fuzzSegment --seed
+ * 0xc96ffc4c150a1a05 --start 61 --target arrroot, SEGV in maStoreBytes
+ * from maRebuild). */
+typedef struct maBlocks {
+    dkoff root, data;
+    uint64_t dataBytes;
+} maBlocks;
+
+static int maFindBlocks(void *ctx, dkoff off, uint64_t bytes, int kind) {
+    maBlocks *b = ctx;
+    if (kind == MULTIARRAY_BLOCK_ROOT)
+        b->root = off;
+    else if (kind == MULTIARRAY_BLOCK_DATA) {
+        b->data = off;
+        b->dataBytes = bytes;
+    }
+    return 0;
+}
+
+START_TEST(test_damaged_root) {
+    uint64_t v = 7;
+    for (uint64_t i = 0; i < 100; i++)
+        ck_assert_int_eq(multiarrayAppend(arr, &i, NULL), DKSHM_OK);
+    maBlocks b = {0};
+    ck_assert_int_eq(multiarrayForEachBlock(arr, maFindBlocks, &b), DKSHM_OK);
+    ck_assert(b.root && b.data);
+    /* The root's word that holds the block offset, and the one that holds
+     * the count (100), found by value in its first 128 bytes. */
+    uint64_t *root = dkshmPtr(seg, b.root), *dataW = NULL, *countW = NULL;
+    for (int i = 0; i < 16; i++) {
+        if (root[i] == b.data)
+            dataW = &root[i];
+        else if (root[i] == 100 && !countW)
+            countW = &root[i];
+    }
+    ck_assert_ptr_nonnull(dataW);
+    ck_assert_ptr_nonnull(countW);
+    const uint64_t bad[] = {dkshmCapacity(seg) - 8, 0xca674370de9a27a0ull,
+                            b.data + 4, 8};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0] + 1; i++) {
+        uint64_t *w = i < sizeof bad / sizeof bad[0] ? dataW : countW;
+        uint64_t saved = *w;
+        *w = i < sizeof bad / sizeof bad[0] ? bad[i] : UINT64_MAX / 2;
+        uint64_t image[16];
+        memcpy(image, root, sizeof image);
+        ck_assert_int_eq(multiarrayAppend(arr, &v, NULL), DKSHM_CORRUPT);
+        ck_assert_int_eq(multiarrayInsert(arr, 0, &v), DKSHM_CORRUPT);
+        ck_assert_int_eq(multiarraySet(arr, 3, &v), DKSHM_CORRUPT);
+        ck_assert_int_eq(multiarrayDelete(arr, 3), DKSHM_CORRUPT);
+        ck_assert(memcmp(image, root, sizeof image) == 0);
+        char why[128];
+        ck_assert_int_eq(multiarrayCheck(arr, why, sizeof why), DKSHM_CORRUPT);
+        *w = saved;
+    }
+    ck_assert_int_eq(multiarrayCheck(arr, NULL, 0), DKSHM_OK);
+    ck_assert_int_eq(multiarrayAppend(arr, &v, NULL), DKSHM_OK);
+    ck_assert_int_eq(multiarrayGet(arr, 100, &v), DKSHM_OK);
+    ck_assert_uint_eq(v, 7);
+}
+END_TEST
+
 START_TEST(test_bad_input) {
     uint64_t v = 1, n;
     size_t es;
@@ -1144,7 +1207,8 @@ static Suite *multiarraySuite(void) {
           test_open_by_name},
          60},
         {"badInput",
-         {test_bad_input, test_wrong_type, test_read_only, test_full_segment},
+         {test_bad_input, test_wrong_type, test_read_only, test_full_segment,
+          test_damaged_root},
          60},
         {"multiProcess",
          {test_readers_never_torn, test_threads_never_torn},

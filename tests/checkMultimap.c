@@ -875,6 +875,58 @@ static bool noopFn(void *ctx, const void *k, size_t kl, const void *v,
     return true;
 }
 
+/* A leaf slot whose entry offset is damaged: an overwrite and a delete of
+ * its key are CORRUPT with nothing changed. The overwrite used to follow
+ * the old entry's offset unchecked (fuzzSegment --seed 0x946c049164f73acb
+ * --start 248 --target mapnode, a wild pointer in mmInsertLocked). */
+typedef struct mmBlocks {
+    dkoff node, entry;
+    int nodes, entries;
+} mmBlocks;
+
+static int mmFindBlocks(void *ctx, dkoff off, uint64_t bytes, int kind) {
+    mmBlocks *b = ctx;
+    (void)bytes;
+    if (kind == MULTIMAP_BLOCK_NODE) {
+        b->node = off;
+        b->nodes++;
+    } else if (kind == MULTIMAP_BLOCK_ENTRY) {
+        b->entry = off;
+        b->entries++;
+    }
+    return 0;
+}
+
+START_TEST(test_damaged_entry_ref) {
+    putStr(mm, "k", "v");
+    mmBlocks b = {0};
+    ck_assert_int_eq(multimapForEachBlock(mm, mmFindBlocks, &b), DKSHM_OK);
+    ck_assert_int_eq(b.nodes, 1);
+    ck_assert_int_eq(b.entries, 1);
+    uint64_t *node = dkshmPtr(seg, b.node), *ref = NULL;
+    for (int i = 0; i < 4096 / 8; i++)
+        if (node[i] == b.entry)
+            ref = &node[i];
+    ck_assert_ptr_nonnull(ref);
+    const uint64_t bad[] = {0xca674370de9a27a0ull, dkshmCapacity(seg) - 8,
+                            b.entry + 8, b.node};
+    static uint8_t image[4096];
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        *ref = bad[i];
+        memcpy(image, node, sizeof image);
+        EXPECT_RC(multimapInsert(mm, "k", 1, "w", 1, 0), DKSHM_CORRUPT);
+        ck_assert(memcmp(image, node, sizeof image) == 0);
+        EXPECT_RC(multimapDelete(mm, "k", 1), DKSHM_CORRUPT);
+        ck_assert(memcmp(image, node, sizeof image) == 0);
+    }
+    *ref = b.entry;
+    assertValue(mm, "k", "v");
+    putStr(mm, "k", "w");
+    assertValue(mm, "k", "w");
+    ck_assert_uint_eq(count(mm), 1);
+}
+END_TEST
+
 START_TEST(test_bad_input) {
     char buf[8];
     size_t len;
@@ -2367,7 +2419,10 @@ static Suite *multimapSuite(void) {
           test_binary_long_keys, test_reference_random, test_sequential_fill,
           test_duplicate, test_stats},
          120},
-        {"badInput", {test_bad_input, test_read_only, test_full_segment}, 60},
+        {"badInput",
+         {test_bad_input, test_read_only, test_full_segment,
+          test_damaged_entry_ref},
+         60},
         {"multiProcess",
          {test_procs_writers_readers, test_threads, test_exec_attach,
           test_dead_writer_readers},

@@ -517,8 +517,19 @@ static int mdInflightFree(dkshm *s) {
 
 /* ---- locking ------------------------------------------------------------ */
 
-static void mdFinishClear(mdOp *op);
+static int mdFinishClear(mdOp *op);
 static void mdUnlock(mdOp *op);
+
+/* Whether SH's lock names the undo log in its cold block and that log has
+ * the capacity the root promises: the shard lines and cold blocks are not
+ * under the root's checksum, and a writer appends to the log (and the lock
+ * rolls it back) by what these words say. */
+static bool mdShardLogOk(const multidict *d, mdShard *sh) {
+    dkUndo *log = mdColdLog(mdColdOf(d, sh));
+    return __atomic_load_n(&sh->lock.undo, __ATOMIC_RELAXED) ==
+               dkOff(d->s, log) &&
+           __atomic_load_n(&log->cap, __ATOMIC_RELAXED) == MD_UNDO_CAP;
+}
 
 /* seqlock.h's write begin and end with a plain release store instead of
  * an atomic add: only the lock holder writes the seq word (readers only
@@ -579,6 +590,8 @@ static int mdLock(multidict *d, mdShard *sh, mdOp *op, uint32_t what) {
     op->nGarbage = 0;
     if (d->readOnly)
         return DKSHM_READONLY;
+    if (__builtin_expect(!mdShardLogOk(d, sh), 0))
+        return DKSHM_CORRUPT; /* damage: multidictCheck says which */
     int rc = fastMutexLock(d->s, &sh->lock);
     if (rc == DKSHM_CORRUPT) {
         /* The log is damaged: the dead writer's work cannot be undone.
@@ -589,16 +602,27 @@ static int mdLock(multidict *d, mdShard *sh, mdOp *op, uint32_t what) {
     }
     if (rc < 0)
         return rc;
+    /* Unlocked with records in the log (or more than it holds): damage.
+     * dkUndoRoom would wrap and a writer append past the log. */
+    if (__builtin_expect(__atomic_load_n(&op->log->count, __ATOMIC_RELAXED) >
+                             MD_UNDO_CAP ||
+                         !mdShardLogOk(d, sh),
+                         0)) {
+        fastMutexUnlock(d->s, &sh->lock);
+        return DKSHM_CORRUPT;
+    }
     __atomic_store_n(&op->log->op, what, __ATOMIC_RELAXED);
     if (__atomic_load_n(&sh->clearing, __ATOMIC_RELAXED)) {
         /* A clearer died: readers already see the shard empty. */
         if (__atomic_load_n(&sh->seq, __ATOMIC_RELAXED) & 1)
             op->writing = true; /* keep readers out until it is done */
         mdBegin(op);
-        mdFinishClear(op);
-        if (__atomic_load_n(&sh->clearing, __ATOMIC_RELAXED)) {
-            mdUnlock(op); /* in-flight list full: the next locker goes on */
-            return DKSHM_FULL;
+        rc = mdFinishClear(op);
+        if (rc != DKSHM_OK) {
+            /* FULL: in-flight list full, the next locker goes on.
+             * CORRUPT: a damaged table or entry stops the clear. */
+            mdUnlock(op);
+            return rc;
         }
         mdSeqEnd(op->log, &sh->seq);
         op->writing = false;
@@ -686,6 +710,12 @@ static int mdFindLocked(mdOp *op, const mdKey *k, uint64_t *at, mdTable *tp) {
             !dkRangeOk(op->s, eo, MD_ENTRY_HDR + mdR8(k->klen)) ||
             !mdEqRacy(mdKeyWords(e), k->key, k->klen))
             continue;
+        /* Callers read (CAS, incr) and overwrite (in place) the value by
+         * its length: the whole entry must lie inside the segment. */
+        uint64_t vlen = e->vlen;
+        if (vlen > op->s->size ||
+            !dkRangeOk(op->s, eo, mdEntrySize(k->klen, vlen)))
+            return DKSHM_CORRUPT;
         *at = i;
         return DKSHM_OK;
     }
@@ -711,7 +741,8 @@ static bool mdExpired(mdOp *op, const mdEntry *e) {
 static int mdUnlinkAt(mdOp *op, uint64_t i, bool evict, bool expire) {
     mdShard *sh = op->sh;
     mdTable t;
-    mdTableOf(op->s, sh->table, &t);
+    if (!mdTableOf(op->s, sh->table, &t) || !t.slots || i > t.mask)
+        return DKSHM_CORRUPT; /* nothing changed */
     int rc = mdRoom(op, 8);
     if (rc != DKSHM_OK)
         return rc;
@@ -810,7 +841,14 @@ static int mdResize(mdOp *op, uint32_t log2) {
  * when entries + tombstones + 1 would pass 3/4 of the slots. */
 static int mdReserveSlot(mdOp *op) {
     mdShard *sh = op->sh;
-    uint64_t slots = sh->table ? 1ull << (sh->table >> 56) : 0;
+    mdTable t;
+    if (!mdTableOf(op->s, sh->table, &t))
+        return DKSHM_CORRUPT;
+    uint64_t slots = t.slots ? t.mask + 1 : 0;
+    /* A consistent shard has count + tombs < slots (no table: both 0).
+     * Damaged counters would ask for a table past MD_MAX_LOG2. */
+    if (sh->count > slots || sh->tombs > slots)
+        return DKSHM_CORRUPT;
     if ((sh->count + sh->tombs + 1) * 4 <= slots * 3)
         return DKSHM_OK;
     uint32_t log2 = MD_MIN_LOG2;
@@ -1473,6 +1511,7 @@ static int mdGetSlow(multidict *d, const void *key, size_t klen, void *buf,
     mdShard *sh = mdShardAt(d, mdShardOf(d, k.h));
     mdOp op;
     bool locked = false;
+    int stable = 0; /* torn reads while the seq word held still */
     for (int attempt = 0;; attempt++) {
         uint32_t seq;
         if (attempt >= MD_RETRIES && !d->readOnly && !locked) {
@@ -1492,6 +1531,10 @@ static int mdGetSlow(multidict *d, const void *key, size_t klen, void *buf,
             return DKSHM_CORRUPT;
         }
         if (rc == MD_TORN) {
+            /* Nobody wrote while we read, yet the table or an entry does
+             * not hold together: damage, however often we retry. */
+            if (!mdSeqMoved(&sh->seq, seq) && ++stable >= 2)
+                return DKSHM_CORRUPT;
             if (d->readOnly && attempt > MD_RO_ATTEMPTS)
                 return DKSHM_BUSY;
             continue;
@@ -1629,22 +1672,28 @@ DKSHM_API int multidictDelete(multidict *d, const void *key, size_t klen) {
 
 /* Free every entry of OP's shard, then its table. Each step commits; the
  * clearing word keeps readers seeing an empty shard until the end. */
-static void mdFinishClear(mdOp *op) {
+static int mdFinishClear(mdOp *op) {
     mdShard *sh = op->sh;
     mdTable t;
-    if (mdTableOf(op->s, sh->table, &t) && t.slots) {
+    if (!mdTableOf(op->s, sh->table, &t))
+        return DKSHM_CORRUPT; /* the shard stays cleared for readers */
+    if (t.slots) {
         for (uint64_t i = 0; i <= t.mask; i++) {
             uint64_t v = t.slots[i];
             if (v == MD_EMPTY || v == MD_TOMB)
                 continue;
-            if (mdUnlinkAt(op, i, false, false) != DKSHM_OK)
-                return; /* in-flight list full: the next locker goes on */
+            /* FULL: in-flight list full, the next locker goes on;
+             * CORRUPT: an entry outside the segment. */
+            int rc = mdUnlinkAt(op, i, false, false);
+            if (rc != DKSHM_OK)
+                return rc;
             if (op->nGarbage == MD_GARBAGE_MAX)
                 mdCommitMid(op);
         }
         mdCommitMid(op);
-        if (mdInflightAdd(op, t.off) != DKSHM_OK)
-            return;
+        int rc = mdInflightAdd(op, t.off);
+        if (rc != DKSHM_OK)
+            return rc;
         op->garbage[op->nGarbage++] = t.off;
         dkUndoSet64(op->s, op->log, &sh->table, 0);
     }
@@ -1653,6 +1702,7 @@ static void mdFinishClear(mdOp *op) {
     dkUndoSet64(op->s, op->log, &op->cold->sweep, 0);
     dkUndoSet32(op->s, op->log, &sh->clearing, 0);
     mdCommitMid(op);
+    return DKSHM_OK;
 }
 
 DKSHM_API int multidictClear(multidict *d) {
@@ -1670,9 +1720,8 @@ DKSHM_API int multidictClear(multidict *d) {
             mdBegin(&op);
             dkUndoSet32(d->s, op.log, &sh->clearing, 1);
             mdCommitMid(&op); /* from here the shard is empty */
-            mdFinishClear(&op);
+            rc = mdFinishClear(&op);
         }
-        rc = sh->clearing ? DKSHM_FULL : DKSHM_OK;
         mdUnlock(&op);
         if (rc != DKSHM_OK)
             return rc;
@@ -1837,6 +1886,7 @@ DKSHM_API int multidictIterate(multidict *d, multidictIterFn fn, void *ctx) {
     int rc = DKSHM_OK;
     for (uint32_t i = 0; i < d->nShards && rc == DKSHM_OK; i++) {
         mdShard *sh = mdShardAt(d, i);
+        int stable = 0; /* torn copies while the seq word held still */
         for (int attempt = 0;; attempt++) {
             mdOp op;
             bool locked = attempt >= MD_RETRIES && !d->readOnly;
@@ -1855,6 +1905,10 @@ DKSHM_API int multidictIterate(multidict *d, multidictIterFn fn, void *ctx) {
                     rc = DKSHM_CORRUPT;
             } else if (rc != DKSHM_FULL && mdSeqMoved(&sh->seq, seq)) {
                 rc = MD_TORN;
+            } else if (rc == MD_TORN && ++stable >= 2) {
+                /* Nobody wrote while we copied, yet the shard does not
+                 * hold together: damage, however often we retry. */
+                rc = DKSHM_CORRUPT;
             }
             if (rc == MD_TORN && d->readOnly && attempt > MD_RO_ATTEMPTS)
                 rc = DKSHM_BUSY;
@@ -2073,6 +2127,19 @@ static int mdCmpOff(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
+/* Whether shard I's lock and undo log are its own (mdShardLogOk), with
+ * the reason if not. */
+static int mdCheckLog(multidict *d, uint32_t idx, char *why, size_t wl) {
+    mdShard *sh = mdShardAt(d, idx);
+    dkUndo *log = mdColdLog(mdColdOf(d, sh));
+    if (__atomic_load_n(&sh->lock.undo, __ATOMIC_RELAXED) != dkOff(d->s, log))
+        return mdFail(why, wl, "shard %u: lock has a foreign undo log", idx);
+    uint32_t cap = __atomic_load_n(&log->cap, __ATOMIC_RELAXED);
+    if (cap != MD_UNDO_CAP)
+        return mdFail(why, wl, "shard %u: undo log capacity %u", idx, cap);
+    return DKSHM_OK;
+}
+
 /* Check shard I as it is now (locked, or optimistically: then a CORRUPT
  * verdict only counts if the seq word did not move). */
 static int mdCheckShard(multidict *d, uint32_t idx, mdCheckCtx *c) {
@@ -2080,12 +2147,9 @@ static int mdCheckShard(multidict *d, uint32_t idx, mdCheckCtx *c) {
     mdShard *sh = mdShardAt(d, idx);
     char *why = c->why;
     size_t wl = c->whyLen;
-    if (__atomic_load_n(&sh->lock.undo, __ATOMIC_RELAXED) !=
-        dkOff(s, mdColdLog(mdColdOf(d, sh))))
-        return mdFail(why, wl, "shard %u: lock has a foreign undo log", idx);
-    dkUndo *log = mdColdLog(mdColdOf(d, sh));
-    if (log->cap != MD_UNDO_CAP)
-        return mdFail(why, wl, "shard %u: undo log capacity %u", idx, log->cap);
+    int lrc = mdCheckLog(d, idx, why, wl);
+    if (lrc != DKSHM_OK)
+        return lrc;
     if (mdLoad32(&sh->clearing))
         return mdFail(why, wl, "shard %u: clear left unfinished", idx);
     mdTable t;
@@ -2225,7 +2289,16 @@ DKSHM_API int multidictCheck(multidict *d, char *why, size_t whyLen) {
             mdOp op;
             uint32_t seq = 0;
             if (!d->readOnly) {
-                if ((rc = mdLock(d, sh, &op, MD_OP_READ)) != DKSHM_OK)
+                /* mdLock refuses a shard whose log is not its own. */
+                if ((rc = mdCheckLog(d, i, why, whyLen)) != DKSHM_OK)
+                    break;
+                rc = mdLock(d, sh, &op, MD_OP_READ);
+                if (rc == DKSHM_CORRUPT)
+                    rc = mdFail(why, whyLen,
+                                "shard %u: cannot be locked (damaged undo "
+                                "log or unfinished clear)",
+                                i);
+                if (rc != DKSHM_OK)
                     break;
                 if (__atomic_load_n(&op.log->count, __ATOMIC_RELAXED) != 0)
                     rc = mdFail(why, whyLen, "shard %u: undo log not empty", i);

@@ -26,20 +26,6 @@ skip() {
     echo "SKIP: fuzz target $1: $2"
     skips="$skips --skip $1"
 }
-# Writers of a damaged multilist follow the root's offsets unchecked:
-# multilistTrim (mlPoolTake, containers/multilist.c:477, root pool[]) and
-# multilistPop (mlPopLocked, multilist.c:753, root head/tail) SIGSEGV.
-# Replay: fuzzSegment --seed 0xb --start 115 --iterations 1 --target listroot
-#         fuzzSegment --seed 0xb --start 174 --iterations 1 --target any
-for t in listroot listnode any; do
-    skip "$t" "multilist writers follow unchecked root offsets (SIGSEGV in mlPoolTake / mlPopLocked)"
-done
-# dkshm-tool dump on a damaged multidict table spends seconds before it
-# exits 0 (3 s here, over the 10 s alarm under ASan): a near-hang.
-# Replay: fuzzSegment --seed 0x5eed --start 17 --iterations 1 --target dicttable
-for t in dicttable dictentry; do
-    skip "$t" "dkshm-tool dump takes seconds on a damaged multidict (near-hang)"
-done
 for t in ${FUZZ_SKIP:-}; do
     skip "$t" "FUZZ_SKIP"
 done

@@ -2090,6 +2090,205 @@ END_TEST
 
 /* ---- suite -------------------------------------------------------------- */
 
+/* ---- damage ------------------------------------------------------------- */
+
+/* Layout knowledge (multidict.c's LAYOUT, version 1) for poking damage:
+ * the root header, one 64-byte hot line per shard (seq, clearing, table,
+ * lock {word, recoveries, undo}, count, tombs, bytes, ttlCount), then one
+ * cold block per shard whose undo log {count, cap, ...} starts 64 bytes in. */
+#define DMG_HDR 64u
+#define DMG_LINE 64u
+#define DMG_TABLE 8u
+#define DMG_LOCK_UNDO 24u
+#define DMG_COUNT 32u
+
+static uint8_t *dmgLine(multidict *x, uint32_t shard) {
+    return (uint8_t *)dkshmPtr(seg, multidictRootOff(x)) + DMG_HDR +
+           DMG_LINE * shard;
+}
+
+/* The undo log of the only shard of a one-shard dict X. */
+static uint32_t *dmgLog(multidict *x) {
+    return (uint32_t *)(dmgLine(x, 1) + 64);
+}
+
+static uint64_t dmgNowNs(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static int collectEntry(void *ctx, dkoff off, uint64_t bytes, int kind) {
+    (void)bytes;
+    if (kind == MULTIDICT_BLOCK_ENTRY)
+        *(dkoff *)ctx = off;
+    return 0;
+}
+
+static void assertCorrupt(multidict *x, const char *whyHas) {
+    char why[256];
+    ck_assert_int_eq(multidictCheck(x, why, sizeof why), DKSHM_CORRUPT);
+    ck_assert_msg(strstr(why, whyHas), "check said \"%s\", not \"%s\"", why,
+                  whyHas);
+}
+
+/* Every writer of a shard whose lock or undo log is not its own says
+ * CORRUPT and writes nothing (a writer appended by the damaged capacity
+ * and crashed in undoAppend: fuzzer target dictroot). */
+START_TEST(test_damage_undo_log) {
+    multidict *x = openDict("dmg", 1, 0);
+    setStr(x, "k", "v");
+    int64_t r;
+    ck_assert_int_eq(multidictIncr(x, "n", 1, 1, &r), DKSHM_OK);
+    uint32_t *log = dmgLog(x);
+    uint64_t *undo = (uint64_t *)(dmgLine(x, 0) + DMG_LOCK_UNDO);
+    uint64_t undoWas = *undo;
+    uint32_t capWas = log[1];
+    for (int dmg = 0; dmg < 3; dmg++) {
+        /* A writer that finds records in a free lock's log refuses, and
+         * its unlock empties the log: poke again before each call. */
+#define POKE()                                                                 \
+    (dmg == 0   ? (void)(log[1] = 0xffffffffu) /* capacity */                 \
+     : dmg == 1 ? (void)(log[0] = 100000)      /* records past it */          \
+                : (void)(*undo = undoWas + 4096)) /* a foreign log */
+        POKE();
+        ck_assert_int_eq(multidictSet(x, "k", 1, "w", 1), DKSHM_CORRUPT);
+        POKE();
+        ck_assert_int_eq(multidictSetTTL(x, "t", 1, "w", 1, 60000),
+                         DKSHM_CORRUPT);
+        POKE();
+        ck_assert_int_eq(multidictIncr(x, "n", 1, 1, &r), DKSHM_CORRUPT);
+        POKE();
+        ck_assert_int_eq(multidictCompareAndSet(x, "k", 1, "v", 1, "w", 1),
+                         DKSHM_CORRUPT);
+        POKE();
+        ck_assert_int_eq(multidictDelete(x, "k", 1), DKSHM_CORRUPT);
+        POKE();
+        ck_assert_int_eq(multidictClear(x), DKSHM_CORRUPT);
+        POKE();
+        assertCorrupt(x, dmg == 0   ? "undo log capacity"
+                         : dmg == 1 ? "cannot be locked"
+                                    : "foreign undo log");
+#undef POKE
+        assertValue(x, "k", "v"); /* reads go on */
+        log[1] = capWas;
+        log[0] = 0;
+        *undo = undoWas;
+    }
+    setStr(x, "k", "w");
+    assertValue(x, "k", "w");
+    assertCheckDict(x);
+    multidictClose(x);
+}
+END_TEST
+
+/* A root header copied over another's (a cache's over a plain dict's, as
+ * the fuzzer did): it passes the checksum, but the geometry does not fit
+ * the block, and a writer appended to an "undo log" by a capacity read
+ * from another shard's line. Nothing crashes; writes say CORRUPT. */
+START_TEST(test_damage_root_copied) {
+    multidict *cache = openDict("cache", 2, 16384);
+    multidict *plain = openDict("plain", 4, 0);
+    setStr(plain, "k", "v");
+    memcpy(dkshmPtr(seg, multidictRootOff(plain)),
+           dkshmPtr(seg, multidictRootOff(cache)), DMG_HDR);
+    multidict *x = NULL;
+    ck_assert_int_eq(multidictOpen(seg, "plain", NULL, 0, &x), DKSHM_OK);
+    int corrupt = 0;
+    for (int i = 0; i < 200; i++) {
+        char k[32], buf[16];
+        size_t kl = keyOf(k, "key", (uint64_t)i), len;
+        int64_t r;
+        int rc = i & 1 ? multidictSetTTL(x, k, kl, "value", 5, 60000)
+                       : multidictIncr(x, k, kl, 1, &r);
+        ck_assert_msg(rc == DKSHM_OK || rc == DKSHM_CORRUPT, "write: %s",
+                      dkshmErrName(rc));
+        corrupt += rc == DKSHM_CORRUPT;
+        rc = multidictGet(x, k, kl, buf, sizeof buf, &len);
+        ck_assert_msg(rc == DKSHM_OK || rc == DKSHM_NOTFOUND ||
+                          rc == DKSHM_CORRUPT,
+                      "get: %s", dkshmErrName(rc));
+    }
+    ck_assert_int_eq(corrupt, 200);
+    ck_assert_int_eq(multidictCheck(x, NULL, 0), DKSHM_CORRUPT);
+    multidictClose(x);
+    multidictClose(plain);
+    multidictClose(cache);
+}
+END_TEST
+
+/* An entry whose value length runs past the segment: writers, the get
+ * slow path and iteration say CORRUPT, at once (a read-only iteration
+ * retried it 100000 times: dkshm-tool dump took seconds). */
+START_TEST(test_damage_entry_length) {
+    multidict *x = openDict("dmg", 1, 0);
+    setStr(x, "k", "12345678");
+    dkoff eo = 0;
+    ck_assert_int_eq(multidictForEachBlock(x, collectEntry, &eo), DKSHM_OK);
+    ck_assert(eo != 0);
+    uint64_t *vlen = (uint64_t *)((uint8_t *)dkshmPtr(seg, eo) + 16);
+    ck_assert_uint_eq(*vlen, 8);
+    *vlen = 1ull << 40;
+    int64_t r;
+    ck_assert_int_eq(multidictIncr(x, "k", 1, 1, &r), DKSHM_CORRUPT);
+    ck_assert_int_eq(multidictCompareAndSet(x, "k", 1, "12345678", 8, "w", 1),
+                     DKSHM_CORRUPT);
+    ck_assert_int_eq(multidictSet(x, "k", 1, "w", 1), DKSHM_CORRUPT);
+    dkshm *ro;
+    ck_assert_int_eq(dkshmAttach(testSegmentName(), DKSHM_RDONLY, &ro),
+                     DKSHM_OK);
+    multidict *y = NULL;
+    ck_assert_int_eq(multidictOpen(ro, "dmg", NULL, 0, &y), DKSHM_OK);
+    multidict *hs[] = {x, y};
+    for (int h = 0; h < 2; h++) {
+        char buf[16];
+        size_t len;
+        uint64_t seen = 0, t0 = dmgNowNs();
+        ck_assert_int_eq(multidictGet(hs[h], "k", 1, buf, sizeof buf, &len),
+                         DKSHM_CORRUPT);
+        ck_assert_int_eq(multidictIterate(hs[h], countFn, &seen),
+                         DKSHM_CORRUPT);
+        uint64_t ms = (dmgNowNs() - t0) / 1000000;
+        ck_assert_msg(ms < 500, "%s handle: %llu ms", h ? "read-only" : "rw",
+                      (unsigned long long)ms);
+    }
+    assertCorrupt(y, "bad lengths");
+    multidictClose(y);
+    dkshmDetach(ro);
+    *vlen = 8;
+    assertValue(x, "k", "12345678");
+    assertCheckDict(x);
+    multidictClose(x);
+}
+END_TEST
+
+/* Damaged counters or table word: an insert does not ask for a table past
+ * the largest (a shift by 64 looped for ever), a clear does not declare a
+ * shard with a bad table word clean. */
+START_TEST(test_damage_counters_table) {
+    multidict *x = openDict("dmg", 1, 0);
+    setStr(x, "k", "v");
+    uint64_t *cnt = (uint64_t *)(dmgLine(x, 0) + DMG_COUNT);
+    uint64_t cntWas = *cnt;
+    *cnt = 1ull << 62;
+    ck_assert_int_eq(multidictSet(x, "new", 3, "v", 1), DKSHM_CORRUPT);
+    *cnt = cntWas;
+    setStr(x, "new", "v");
+    uint64_t *table = (uint64_t *)(dmgLine(x, 0) + DMG_TABLE);
+    uint64_t tableWas = *table;
+    *table = tableWas | (60ull << 56);
+    ck_assert_int_eq(multidictSet(x, "k", 1, "w", 1), DKSHM_CORRUPT);
+    ck_assert_int_eq(multidictSet(x, "other", 5, "w", 1), DKSHM_CORRUPT);
+    ck_assert_int_eq(multidictClear(x), DKSHM_CORRUPT);
+    /* Readers see the half-cleared shard empty; the table is still bad. */
+    *table = tableWas;
+    ck_assert_int_eq(multidictClear(x), DKSHM_OK);
+    ck_assert_uint_eq(count(x), 0);
+    assertCheckDict(x);
+    multidictClose(x);
+}
+END_TEST
+
 static Suite *multidictSuite(void) {
     const testCaseSpec cases[] = {
         {"basic",
@@ -2119,6 +2318,10 @@ static Suite *multidictSuite(void) {
           test_dead_writer_readers},
          300},
         {"randomKill", {test_random_kill}, 120},
+        {"damage",
+         {test_damage_undo_log, test_damage_root_copied,
+          test_damage_entry_length, test_damage_counters_table},
+         60},
     };
     return testSuiteFrom("multidict", cases, sizeof cases / sizeof cases[0],
                          setup, teardown);

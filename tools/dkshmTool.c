@@ -3897,6 +3897,10 @@ static int dumpListItem(void *ctx, uint64_t index, const void *item,
 }
 
 #define DUMP_TRIES 50
+/* How long a container's reads are retried while they say BUSY: a read-
+ * only multidict read waits up to 5 s for a slow writer on every try, and
+ * fifty tries of that is no answer. */
+#define DUMP_BUSY_NS (2ull * 1000000000ull)
 
 /* The contents of container D (its first LIMIT entries). */
 static void dumpContainer(dkshm *s, dumpObj *d, size_t limit) {
@@ -3907,17 +3911,22 @@ static void dumpContainer(dkshm *s, dumpObj *d, size_t limit) {
     dumpIter g = {.d = d, .limit = limit, .s = s};
     int rc = DKSHM_OK;
     switch (d->o.type) {
-    case MULTIDICT_TYPE:
+    case MULTIDICT_TYPE: {
+        /* A damaged shard is CORRUPT at once (said as "unreadable"); BUSY
+         * (writers, or a dead one a read-only handle cannot recover) is
+         * retried, for DUMP_BUSY_NS at most. */
+        uint64_t until = dkNowNs() + DUMP_BUSY_NS;
         for (int i = 0; i < DUMP_TRIES; i++) {
             dumpItemsFree(d);
             rc = multidictIterate(c.h.md, dumpPair, &g);
-            if (rc != DKSHM_BUSY)
+            if (rc != DKSHM_BUSY || dkNowNs() > until)
                 break;
             usleep(i < 10 ? 100 : 5000);
         }
         if (rc == DKSHM_OK)
             rc = multidictCount(c.h.md, &d->count);
         break;
+    }
     case MULTIMAP_TYPE: {
         uint32_t mode = MULTIMAP_KEYS_BYTES;
         multimapKeyMode(c.h.mm, &mode);

@@ -393,18 +393,13 @@ static bool mdWordsEq(const uint64_t *src, const void *b, uint64_t n) {
 #endif
 #endif
 
-static inline void mdCopyRacy(void *dst, const void *src, uint64_t n) {
+/* Copy N <= 64 bytes with overlapping moves, no call (only [0, n) of DST
+ * is written). */
+static inline void mdCopySmall(uint8_t *d, const uint8_t *p, uint64_t n) {
 #ifdef MD_WORD_READS
-    mdGetWords(dst, src, n);
+    mdGetWords(d, (const uint64_t *)p, n);
 #else
-    /* Small values with two overlapping moves (only [0, n) of DST is
-     * written): no call on the get path. */
-    uint8_t *d = dst;
-    const uint8_t *p = src;
-    if (n > 64 || n < 8) {
-        if (n)
-            memcpy(d, p, n);
-    } else if (n > 32) {
+    if (n > 32) {
         uint8_t a[32], b[32];
         __builtin_memcpy(a, p, 32);
         __builtin_memcpy(b, p + n - 32, 32);
@@ -416,13 +411,35 @@ static inline void mdCopyRacy(void *dst, const void *src, uint64_t n) {
         __builtin_memcpy(b, p + n - 16, 16);
         __builtin_memcpy(d, a, 16);
         __builtin_memcpy(d + n - 16, b, 16);
-    } else {
+    } else if (n >= 8) {
         uint64_t a, b;
         __builtin_memcpy(&a, p, 8);
         __builtin_memcpy(&b, p + n - 8, 8);
         __builtin_memcpy(d, &a, 8);
         __builtin_memcpy(d + n - 8, &b, 8);
+    } else if (n >= 4) {
+        uint32_t a, b;
+        __builtin_memcpy(&a, p, 4);
+        __builtin_memcpy(&b, p + n - 4, 4);
+        __builtin_memcpy(d, &a, 4);
+        __builtin_memcpy(d + n - 4, &b, 4);
+    } else if (n) {
+        uint8_t a = p[0], b = p[n / 2], c = p[n - 1];
+        d[0] = a;
+        d[n / 2] = b;
+        d[n - 1] = c;
     }
+#endif
+}
+
+static inline void mdCopyRacy(void *dst, const void *src, uint64_t n) {
+#ifdef MD_WORD_READS
+    mdGetWords(dst, src, n);
+#else
+    if (n > 64)
+        memcpy(dst, src, n);
+    else
+        mdCopySmall(dst, src, n);
 #endif
 }
 
@@ -1307,44 +1324,6 @@ static inline void mdTouch(multidict *d, mdShard *sh, uint64_t h) {
         __atomic_fetch_or(word, bit, __ATOMIC_RELAXED);
 }
 
-/* Copy N <= 64 bytes with overlapping moves, no call (only [0, n) of DST
- * is written). */
-static inline void mdCopySmall(uint8_t *d, const uint8_t *p, uint64_t n) {
-#ifdef MD_WORD_READS
-    mdGetWords(d, (const uint64_t *)p, n);
-#else
-    if (n > 32) {
-        uint8_t a[32], b[32];
-        __builtin_memcpy(a, p, 32);
-        __builtin_memcpy(b, p + n - 32, 32);
-        __builtin_memcpy(d, a, 32);
-        __builtin_memcpy(d + n - 32, b, 32);
-    } else if (n > 16) {
-        uint8_t a[16], b[16];
-        __builtin_memcpy(a, p, 16);
-        __builtin_memcpy(b, p + n - 16, 16);
-        __builtin_memcpy(d, a, 16);
-        __builtin_memcpy(d + n - 16, b, 16);
-    } else if (n >= 8) {
-        uint64_t a, b;
-        __builtin_memcpy(&a, p, 8);
-        __builtin_memcpy(&b, p + n - 8, 8);
-        __builtin_memcpy(d, &a, 8);
-        __builtin_memcpy(d + n - 8, &b, 8);
-    } else if (n >= 4) {
-        uint32_t a, b;
-        __builtin_memcpy(&a, p, 4);
-        __builtin_memcpy(&b, p + n - 4, 4);
-        __builtin_memcpy(d, &a, 4);
-        __builtin_memcpy(d + n - 4, &b, 4);
-    } else if (n) {
-        uint8_t a = p[0], b = p[n / 2], c = p[n - 1];
-        d[0] = a;
-        d[n / 2] = b;
-        d[n - 1] = c;
-    }
-#endif
-}
 
 /* Whether the N <= 32 bytes at SRC equal B, with overlapping loads and no
  * call. */

@@ -1869,7 +1869,7 @@ static int mbReclaim(dkshm *s, uint32_t slot) {
     }
     for (int j = 0; j < DK_INFLIGHT_MAX; j++) {
         dkoff off = __atomic_load_n(&p->inflight[j], __ATOMIC_RELAXED);
-        if (off == 0)
+        if (!dkInflightIsBlock(off))
             continue;
         /* Not a live allocation (damage): just drop the entry. */
         mbFreeLocked(&op, off);

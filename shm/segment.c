@@ -185,7 +185,7 @@ static bool finishReap(dkshm *s, uint32_t i, bool withHook,
     bool inflight = false;
     for (int j = 0; j < DK_INFLIGHT_MAX; j++) {
         uint64_t e = __atomic_load_n(&p->inflight[j], __ATOMIC_RELAXED);
-        if (e == DK_INFLIGHT_CLAIMED) /* claimed, never filled: no block */
+        if (e && !dkInflightIsBlock(e)) /* a claim or held mark: no block */
             __atomic_store_n(&p->inflight[j], 0, __ATOMIC_RELAXED);
         else if (e)
             inflight = true;
@@ -330,77 +330,41 @@ int dkSelfId(dkshm *s, uint32_t *id) {
     return DKSHM_OK;
 }
 
-/* In-flight entries emptied under an undo log that has not committed yet.
- * Its rollback would put the old block back in the entry, so no other log
- * may fill the entry meanwhile: two threads (or one thread nesting two
- * locks) that each logged a change to one entry would, once both were
- * rolled back, lose a block. Process-local, keyed by the entry's and the
- * log's addresses; a mark is the pair (entry, log), its log cleared first
- * when it goes (a mark seen without its log counts as someone else's). */
-#define DK_PENDING_MAX 128
-typedef struct pendingMark {
-    uint64_t *entry; /* atomic; NULL: free */
-    const dkUndo *log; /* atomic */
+/* In-flight entries this thread emptied under an undo log that has not
+ * committed yet. Rolling that log back would put the old block back in the
+ * entry, so no other log may fill it meanwhile: two threads (or one thread
+ * nesting two locks) that each logged a change to one entry would, once
+ * both were rolled back, lose a block. So dkInflightRemove does not empty
+ * the entry: it logs DK_INFLIGHT_HELD into it, which nobody claims, and
+ * records it here; the commit of that log empties it (a plain store: only
+ * this thread writes a held entry), a rollback forgets the record (the log
+ * put the block back). No atomic instruction is added to an operation. A
+ * thread that dies between its commit and the store leaves HELD, which
+ * reap drops like a claim mark. */
+#define DK_PENDING_MAX 64
+typedef struct pendingMark { /* per thread */
+    uint64_t *entry;
+    const dkUndo *log;
 } pendingMark;
-static pendingMark pendingTab[DK_PENDING_MAX];
-static uint32_t pendingCount; /* marks in use (atomic) */
-static uint32_t pendingHigh;  /* indexes below this may be in use (atomic) */
+static __thread pendingMark pendingTab[DK_PENDING_MAX];
+static __thread uint32_t pendingN;
 
-/* After fork() only the forking thread is left: marks of the others name
- * operations that will never commit in the child. */
+/* After fork() only the forking thread is left, outside any operation. */
 static void resetPendingMarks(void) {
-    for (uint32_t i = 0; i < DK_PENDING_MAX; i++) {
-        pendingTab[i].log = NULL;
-        pendingTab[i].entry = NULL;
-    }
-    pendingCount = 0;
-    pendingHigh = 0;
+    pendingN = 0;
 }
 
-static bool pendingMarked(const uint64_t *e, const dkUndo *mine) {
-    if (__atomic_load_n(&pendingCount, __ATOMIC_SEQ_CST) == 0)
-        return false;
-    uint32_t high = __atomic_load_n(&pendingHigh, __ATOMIC_ACQUIRE);
-    for (uint32_t i = 0; i < high; i++)
-        if (__atomic_load_n(&pendingTab[i].entry, __ATOMIC_SEQ_CST) == e &&
-            __atomic_load_n(&pendingTab[i].log, __ATOMIC_SEQ_CST) != mine)
-            return true;
-    return false;
-}
-
-static int pendingMark_(uint64_t *e, const dkUndo *log) {
-    for (uint32_t i = 0; i < DK_PENDING_MAX; i++) {
-        uint64_t *none = NULL;
-        if (__atomic_load_n(&pendingTab[i].entry, __ATOMIC_RELAXED) != NULL ||
-            !__atomic_compare_exchange_n(&pendingTab[i].entry, &none, e,
-                                         false, __ATOMIC_SEQ_CST,
-                                         __ATOMIC_RELAXED))
+void dkInflightSettle(const dkUndo *log, bool committed) {
+    for (uint32_t i = 0; i < pendingN;) {
+        if (pendingTab[i].log != log) {
+            i++;
             continue;
-        __atomic_store_n(&pendingTab[i].log, log, __ATOMIC_SEQ_CST);
-        uint32_t high = __atomic_load_n(&pendingHigh, __ATOMIC_RELAXED);
-        while (high < i + 1 &&
-               !__atomic_compare_exchange_n(&pendingHigh, &high, i + 1, false,
-                                            __ATOMIC_RELEASE,
-                                            __ATOMIC_RELAXED))
-            ;
-        __atomic_add_fetch(&pendingCount, 1, __ATOMIC_SEQ_CST);
-        return DKSHM_OK;
-    }
-    return DKSHM_FULL;
-}
-
-void dkInflightSettle(const dkUndo *log) {
-    if (__atomic_load_n(&pendingCount, __ATOMIC_SEQ_CST) == 0)
-        return;
-    uint32_t high = __atomic_load_n(&pendingHigh, __ATOMIC_ACQUIRE);
-    for (uint32_t i = 0; i < high; i++) {
-        const dkUndo *want = log;
-        if (__atomic_load_n(&pendingTab[i].log, __ATOMIC_RELAXED) == log &&
-            __atomic_compare_exchange_n(&pendingTab[i].log, &want, NULL, false,
-                                        __ATOMIC_SEQ_CST, __ATOMIC_RELAXED)) {
-            __atomic_store_n(&pendingTab[i].entry, NULL, __ATOMIC_SEQ_CST);
-            __atomic_sub_fetch(&pendingCount, 1, __ATOMIC_SEQ_CST);
         }
+        if (committed &&
+            __atomic_load_n(pendingTab[i].entry, __ATOMIC_RELAXED) ==
+                DK_INFLIGHT_HELD)
+            __atomic_store_n(pendingTab[i].entry, 0, __ATOMIC_RELEASE);
+        pendingTab[i] = pendingTab[--pendingN];
     }
 }
 
@@ -414,20 +378,23 @@ int dkInflightAdd(dkshm *s, dkUndo *log, dkoff off) {
          * which reap drops (it is never a block). */
         uint64_t *e = &p->inflight[j];
         uint64_t zero = 0;
-        if (__atomic_load_n(e, __ATOMIC_RELAXED) != 0 ||
-            !__atomic_compare_exchange_n(e, &zero, DK_INFLIGHT_CLAIMED, false,
-                                         __ATOMIC_SEQ_CST, __ATOMIC_RELAXED))
-            continue;
-        /* Emptied by another log's operation that may still roll back
-         * (dkInflightRemove marks before it empties, so the CAS that saw
-         * the entry empty sees the mark): give it back. */
-        if (pendingMarked(e, log)) {
-            __atomic_store_n(e, 0, __ATOMIC_RELEASE);
-            continue;
+        if (__atomic_load_n(e, __ATOMIC_RELAXED) == 0 &&
+            __atomic_compare_exchange_n(e, &zero, DK_INFLIGHT_CLAIMED, false,
+                                        __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
+            dkUndoSet64Was(s, log, e, 0, off);
+            return DKSHM_OK;
         }
-        dkUndoSet64Was(s, log, e, 0, off);
-        return DKSHM_OK;
     }
+    /* None free: an entry this operation itself emptied may be filled
+     * again (its own log restores it in order). */
+    for (uint32_t i = 0; i < pendingN; i++)
+        if (pendingTab[i].log == log &&
+            pendingTab[i].entry >= p->inflight &&
+            pendingTab[i].entry < p->inflight + DK_INFLIGHT_MAX) {
+            dkUndoSet64(s, log, pendingTab[i].entry, off);
+            pendingTab[i] = pendingTab[--pendingN];
+            return DKSHM_OK;
+        }
     return DKSHM_FULL;
 }
 
@@ -436,10 +403,10 @@ int dkInflightRemove(dkshm *s, dkUndo *log, dkoff off) {
     for (int j = 0; j < DK_INFLIGHT_MAX; j++) {
         uint64_t *e = &p->inflight[j];
         if (__atomic_load_n(e, __ATOMIC_RELAXED) == off) {
-            int rc = pendingMark_(e, log);
-            if (rc != DKSHM_OK)
-                return rc;
-            dkUndoSet64(s, log, e, 0);
+            if (pendingN == DK_PENDING_MAX)
+                return DKSHM_FULL;
+            dkUndoSet64(s, log, e, DK_INFLIGHT_HELD);
+            pendingTab[pendingN++] = (pendingMark){e, log};
             return DKSHM_OK;
         }
     }
@@ -484,7 +451,8 @@ DKSHM_API int dkshmProcList(dkshm *s, dkshmProcInfo *out, size_t max,
                        dkProcAlive(o->pid, o->startTime);
             o->inflight = 0;
             for (int j = 0; j < DK_INFLIGHT_MAX; j++)
-                if (__atomic_load_n(&p->inflight[j], __ATOMIC_RELAXED))
+                if (dkInflightIsBlock(
+                        __atomic_load_n(&p->inflight[j], __ATOMIC_RELAXED)))
                     o->inflight++;
             o->readLocks = 0;
             for (int j = 0; j < DKSHM_READ_SLOTS; j++)
@@ -869,7 +837,8 @@ DKSHM_API int dkshmDetach(dkshm *s) {
         dkProcSlot *p = dkSlotAt(s, s->slot);
         bool inflight = false;
         for (int j = 0; j < DK_INFLIGHT_MAX; j++)
-            if (__atomic_load_n(&p->inflight[j], __ATOMIC_RELAXED))
+            if (dkInflightIsBlock(
+                        __atomic_load_n(&p->inflight[j], __ATOMIC_RELAXED)))
                 inflight = true;
         uint64_t w = __atomic_load_n(&p->word, __ATOMIC_RELAXED);
         /* Blocks still in flight (a caller bug or an interrupted call)

@@ -35,9 +35,14 @@ enum { DK_INIT_BUSY = 0, DK_INIT_READY = 0x52454459 /* "READY" */ };
 
 #define DK_DIR_UNDO_RECS 48
 #define DK_INFLIGHT_MAX 16
-/* An in-flight entry claimed by a thread that is about to fill it: never
- * the offset of a block (blocks are aligned). */
+/* An in-flight entry claimed by a thread that is about to fill it, and one
+ * emptied under a log that has not committed yet (dkInflightRemove):
+ * never the offset of a block (blocks are aligned). */
 #define DK_INFLIGHT_CLAIMED 1u
+#define DK_INFLIGHT_HELD 2u
+static inline bool dkInflightIsBlock(uint64_t e) {
+    return e > DK_INFLIGHT_HELD;
+}
 /* Locks with an undo log one process may hold at once, over its threads. */
 #define DK_HELD_MAX 32
 #define DK_CONDWAIT_MAX 4
@@ -256,9 +261,10 @@ uint64_t dkProcStartTime(uint32_t pid);
  * Add: FULL when the list is full. Remove: NOTFOUND if OFF is not there. */
 int dkInflightAdd(dkshm *s, dkUndo *log, dkoff off);
 int dkInflightRemove(dkshm *s, dkUndo *log, dkoff off);
-/* LOG was committed or rolled back: the entries its operation emptied
- * may be filled again (called by dkUndoCommit and dkUndoRollback). */
-void dkInflightSettle(const dkUndo *log);
+/* LOG was committed (COMMITTED) or rolled back: the entries its operation
+ * emptied may be filled again (called by dkUndoCommit and
+ * dkUndoRollback). */
+void dkInflightSettle(const dkUndo *log, bool committed);
 
 /* Monotonic and real clocks in nanoseconds. */
 uint64_t dkNowNs(void);

@@ -88,7 +88,7 @@ void dkUndoCommit(dkUndo *u) {
     DKSHM_CRASHPOINT();
     atomic_signal_fence(memory_order_seq_cst);
     __atomic_store_n(&u->count, 0, __ATOMIC_RELEASE);
-    dkInflightSettle(u);
+    dkInflightSettle(u, true);
     DKSHM_CRASHPOINT();
 }
 
@@ -123,7 +123,7 @@ int dkUndoRollback(dkshm *s, dkUndo *u) {
     }
     atomic_signal_fence(memory_order_seq_cst);
     __atomic_store_n(&u->count, 0, __ATOMIC_RELEASE);
-    dkInflightSettle(u);
+    dkInflightSettle(u, false);
     return DKSHM_OK;
 }
 

@@ -174,7 +174,7 @@ static inline int testBlocksCollect(void *ctx, dkoff off, uint64_t bytes,
 static inline void testBlocksAddInflight(testBlocks *l, dkshm *s) {
     for (uint32_t p = 0; p < s->hdr->maxProcs; p++)
         for (int j = 0; j < DK_INFLIGHT_MAX; j++)
-            if (dkSlotAt(s, p)->inflight[j] > DK_INFLIGHT_CLAIMED)
+            if (dkInflightIsBlock(dkSlotAt(s, p)->inflight[j]))
                 testBlocksPush(l, dkSlotAt(s, p)->inflight[j], 1);
 }
 

@@ -1949,7 +1949,7 @@ static void checkSegment(run *r, results *res) {
         for (int j = 0; j < DK_INFLIGHT_MAX; j++) {
             dkoff off =
                 __atomic_load_n(&dkSlotAt(s, p)->inflight[j], __ATOMIC_ACQUIRE);
-            if (off > DK_INFLIGHT_CLAIMED)
+            if (dkInflightIsBlock(off))
                 blockAdd(&want, off, 1);
         }
     rc = memboundForEachAllocation(mb, collectLive, &have);

@@ -2238,7 +2238,7 @@ static void checkProcs(checkCtx *c, const dkHeader *h, const uint8_t *meta,
         c->slots++;
         if (w == 0) {
             for (int k = 0; k < DK_INFLIGHT_MAX; k++)
-                if (p->inflight[k] && p->inflight[k] != DK_INFLIGHT_CLAIMED)
+                if (dkInflightIsBlock(p->inflight[k]))
                     addIssue(o, ISSUE_PROBLEM, where,
                              "free, but its in-flight list holds 0x%" PRIx64
                              " (leaked block)",
@@ -2274,9 +2274,8 @@ static void checkProcs(checkCtx *c, const dkHeader *h, const uint8_t *meta,
             c->liveProcs = true;
         for (int k = 0; k < DK_INFLIGHT_MAX; k++) {
             dkoff off = p->inflight[k];
-            /* DK_INFLIGHT_CLAIMED: a thread claimed the entry and had not
-             * filled it yet; reaping drops it. */
-            if (!off || off == DK_INFLIGHT_CLAIMED)
+            /* A claim or held mark, not a block: reaping drops it. */
+            if (!dkInflightIsBlock(off))
                 continue;
             if (off < h->heap || off >= h->heap + h->heapSize) {
                 addIssue(o, ISSUE_PROBLEM, where,

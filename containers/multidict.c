@@ -2019,6 +2019,25 @@ static int mdMakeRoot(dkshm *s, membound *mb, const multidictOptions *opt,
     return DKSHM_OK;
 }
 
+/* dkshmObjectOpen's root maker and discarder; the open flags are its own. */
+_Static_assert(MULTIDICT_CREATE == DKSHM_OBJ_CREATE &&
+                   MULTIDICT_EXCL == DKSHM_OBJ_EXCL,
+               "open flags");
+typedef struct mdMakeCtx {
+    multidict *d;
+    dkshm *s;
+    const multidictOptions *opt;
+} mdMakeCtx;
+
+static int mdMake(void *ctx, dkoff *root) {
+    mdMakeCtx *c = ctx;
+    return mdMakeRoot(c->s, c->d->mb, c->opt, root);
+}
+
+static void mdDiscard(void *ctx, dkoff root) {
+    memboundFreeInflight(((mdMakeCtx *)ctx)->d->mb, root);
+}
+
 DKSHM_API int multidictOpen(dkshm *s, const char *name,
                             const multidictOptions *opt, uint32_t flags,
                             multidict **out) {
@@ -2040,41 +2059,12 @@ DKSHM_API int multidictOpen(dkshm *s, const char *name,
         free(d);
         return DKSHM_FULL;
     }
-    for (int round = 0; round < 8; round++) {
-        uint32_t type;
-        dkoff root;
-        rc = dkshmObjectFind(s, name, &type, &root);
-        if (rc == DKSHM_OK) {
-            if (type != MULTIDICT_TYPE)
-                rc = DKSHM_TYPE;
-            else if (flags & MULTIDICT_EXCL)
-                rc = DKSHM_EXISTS;
-            else
-                rc = mdAdopt(d, s, root);
-            break;
-        }
-        if (rc != DKSHM_NOTFOUND)
-            break;
-        if (!(flags & MULTIDICT_CREATE))
-            break;
-        if (dkshmReadOnly(s)) {
-            rc = DKSHM_READONLY;
-            break;
-        }
-        if ((rc = mdMakeRoot(s, d->mb, opt, &root)) != DKSHM_OK)
-            break;
-        DKSHM_CRASHPOINT();
-        rc = dkshmObjectCreate(s, name, MULTIDICT_TYPE, root);
-        if (rc == DKSHM_OK) {
-            rc = mdAdopt(d, s, root);
-            break;
-        }
-        memboundFreeInflight(d->mb, root);
-        if (rc != DKSHM_EXISTS)
-            break;
-        /* Someone else created it first: open theirs (or, with EXCL, the
-         * next round says EXISTS). */
-    }
+    mdMakeCtx mc = {d, s, opt};
+    dkoff root;
+    rc = dkshmObjectOpen(s, name, MULTIDICT_TYPE, flags, mdMake, mdDiscard,
+                         &mc, &root, NULL);
+    if (rc == DKSHM_OK)
+        rc = mdAdopt(d, s, root);
     if (rc != DKSHM_OK) {
         free(d);
         return rc;

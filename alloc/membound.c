@@ -448,8 +448,13 @@ static int mbBuddyTake(mbOp *op, uint32_t k, uint8_t kind, uint32_t *out) {
         }
         c = mbLoad32(mbNext(m, c));
     }
-    if (i >= m->nPages || (i & ((1u << j) - 1)))
+    if (i >= m->nPages || (i & ((1u << j) - 1)) ||
+        !mbLinksOk(m, &r->freeHead[j], i))
         return DKSHM_CORRUPT; /* cheap guard; memboundCheck says more */
+    /* The lists the split halves go on: their heads are followed. */
+    for (uint32_t h = k; h < j; h++)
+        if (!mbHeadOk(m, &r->freeHead[h], i + (1u << h)))
+            return DKSHM_CORRUPT;
     uint8_t committed = mbCtrl(m, i) & MB_COMMITTED;
     if (!committed) {
         int rc = dkCommit(m->s, mbPageOff(m, i), 1ull << (k + m->shift));
@@ -489,6 +494,10 @@ static void mbBuddyFree(mbOp *op, uint32_t i, uint32_t k, bool release) {
             break;
         uint8_t cb = mbCtrl(m, b);
         if ((cb & (MB_KIND | MB_ORDER)) != (MB_FREE | k))
+            break;
+        /* Damaged links: leave the buddy alone (check reports it) rather
+         * than write through them. */
+        if (!mbLinksOk(m, &r->freeHead[k], b))
             break;
         bool bc = (cb & MB_COMMITTED) != 0;
         uint64_t kept = mbLoad64(&r->committedFree);
@@ -543,6 +552,8 @@ static bool mbConsolidate(mbOp *op) {
             }
             /* Take I off the list as if allocated, then free it releasing:
              * it is punched and merges upward. */
+            if (!mbLinksOk(m, &r->freeHead[k], i))
+                return merged; /* damage: leave the rest as it is */
             mbListRemove(op, &r->freeHead[k], i);
             mbAdd64(op, &r->committedFree, -(int64_t)(1ull << k));
             mbAdd64(op, &r->freePages, -(int64_t)(1ull << k));

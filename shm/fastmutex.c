@@ -214,17 +214,20 @@ static int heldAdd(dkshm *s, dkoff off) {
     return DKSHM_FULL;
 }
 
+/* A plain store, not a compare-and-swap: only the holder of the lock at
+ * OFF writes an entry that holds OFF (other threads claim only entries
+ * that are 0), and one thread at a time holds an exclusive lock, so no
+ * other thread can change the entry we clear. */
 static void heldDrop(dkshm *s, dkoff off) {
     if (dkTempId)
         return;
     dkProcSlot *me = dkSelfSlot(s);
     atomic_signal_fence(memory_order_seq_cst);
     for (int i = 0; i < DK_HELD_MAX; i++) {
-        uint64_t w = off;
-        if (__atomic_load_n(&me->held[i], __ATOMIC_RELAXED) == off &&
-            __atomic_compare_exchange_n(&me->held[i], &w, 0, false,
-                                        __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+        if (__atomic_load_n(&me->held[i], __ATOMIC_RELAXED) == off) {
+            __atomic_store_n(&me->held[i], 0, __ATOMIC_RELAXED);
             return;
+        }
     }
 }
 

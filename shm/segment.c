@@ -48,7 +48,7 @@
 #define EMPTY_WAIT_NS (200ull * 1000000ull)
 
 uint64_t dkForkGeneration;
-__thread uint32_t dkTempId;
+DK_TLS_FAST uint32_t dkTempId;
 static pthread_once_t forkOnce = PTHREAD_ONCE_INIT;
 /* Serialises registration between threads of this process. */
 static pthread_mutex_t registerLock = PTHREAD_MUTEX_INITIALIZER;
@@ -322,6 +322,7 @@ int dkSelfId(dkshm *s, uint32_t *id) {
      * slot while we write. */
     __atomic_store_n(&s->forkGen, fg - 1, __ATOMIC_RELEASE);
     __atomic_store_n(&s->slot, slot, __ATOMIC_RELAXED);
+    __atomic_store_n(&s->counters, p->counters, __ATOMIC_RELAXED);
     s->pid = (pid_t)pid;
     __atomic_store_n(&s->lockId, DK_ID_MAKE(slot, gen), __ATOMIC_RELEASE);
     __atomic_store_n(&s->forkGen, fg, __ATOMIC_RELEASE);
@@ -347,15 +348,15 @@ typedef struct pendingMark { /* per thread */
     const dkUndo *log;
 } pendingMark;
 static __thread pendingMark pendingTab[DK_PENDING_MAX];
-static __thread uint32_t pendingN;
+DK_TLS_FAST uint32_t dkPendingN; /* read on every commit */
 
 /* After fork() only the forking thread is left, outside any operation. */
 static void resetPendingMarks(void) {
-    pendingN = 0;
+    dkPendingN = 0;
 }
 
-void dkInflightSettle(const dkUndo *log, bool committed) {
-    for (uint32_t i = 0; i < pendingN;) {
+void dkInflightSettleSome(const dkUndo *log, bool committed) {
+    for (uint32_t i = 0; i < dkPendingN;) {
         if (pendingTab[i].log != log) {
             i++;
             continue;
@@ -364,7 +365,7 @@ void dkInflightSettle(const dkUndo *log, bool committed) {
             __atomic_load_n(pendingTab[i].entry, __ATOMIC_RELAXED) ==
                 DK_INFLIGHT_HELD)
             __atomic_store_n(pendingTab[i].entry, 0, __ATOMIC_RELEASE);
-        pendingTab[i] = pendingTab[--pendingN];
+        pendingTab[i] = pendingTab[--dkPendingN];
     }
 }
 
@@ -387,12 +388,12 @@ int dkInflightAdd(dkshm *s, dkUndo *log, dkoff off) {
     }
     /* None free: an entry this operation itself emptied may be filled
      * again (its own log restores it in order). */
-    for (uint32_t i = 0; i < pendingN; i++)
+    for (uint32_t i = 0; i < dkPendingN; i++)
         if (pendingTab[i].log == log &&
             pendingTab[i].entry >= p->inflight &&
             pendingTab[i].entry < p->inflight + DK_INFLIGHT_MAX) {
             dkUndoSet64(s, log, pendingTab[i].entry, off);
-            pendingTab[i] = pendingTab[--pendingN];
+            pendingTab[i] = pendingTab[--dkPendingN];
             return DKSHM_OK;
         }
     return DKSHM_FULL;
@@ -403,10 +404,10 @@ int dkInflightRemove(dkshm *s, dkUndo *log, dkoff off) {
     for (int j = 0; j < DK_INFLIGHT_MAX; j++) {
         uint64_t *e = &p->inflight[j];
         if (__atomic_load_n(e, __ATOMIC_RELAXED) == off) {
-            if (pendingN == DK_PENDING_MAX)
+            if (dkPendingN == DK_PENDING_MAX)
                 return DKSHM_FULL;
             dkUndoSet64(s, log, e, DK_INFLIGHT_HELD);
-            pendingTab[pendingN++] = (pendingMark){e, log};
+            pendingTab[dkPendingN++] = (pendingMark){e, log};
             return DKSHM_OK;
         }
     }

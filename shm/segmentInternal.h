@@ -143,6 +143,7 @@ struct dkshm { /* per process */
     uint32_t slot;     /* our process-table slot, valid when registered */
     uint32_t lockId;   /* our owner id in lock words; 0: not registered */
     uint64_t forkGen;  /* dkForkGeneration when lockId was taken */
+    uint64_t *counters; /* our slot's counters; NULL: not registered */
     pid_t pid;         /* the process that registered */
 };
 
@@ -189,12 +190,19 @@ static inline dkProcSlot *dkSlotAt(const dkshm *s, uint32_t i) {
  * forkGen to know they were inherited and must register anew. */
 extern uint64_t dkForkGeneration;
 
+/* Small thread-local words read on every lock or commit. A shared
+ * library's thread-locals are reached through __tls_get_addr (a call, about
+ * 35 instructions) unless they are in the static TLS block: a few bytes
+ * there fit the surplus glibc keeps for libraries loaded by dlopen, so
+ * they can use the initial-exec model. Larger arrays stay dynamic. */
+#define DK_TLS_FAST __thread __attribute__((tls_model("initial-exec")))
+
 /* Nonzero while this thread, registering with every table slot taken,
  * reaps dead processes whose locks must be recovered first: it takes those
  * locks as DK_ID_RAWPID | pid, an owner with no slot (a dead one is
  * recognised by its pid alone; it holds nothing in flight, so it records
  * no held locks either). */
-extern __thread uint32_t dkTempId;
+extern DK_TLS_FAST uint32_t dkTempId;
 
 /* This process's lock owner id for S, registering it in the process table
  * if needed (first use, or first use after fork). READONLY, FULL (table
@@ -221,13 +229,14 @@ static inline int dkSelf(dkshm *s, uint32_t *id) {
  * the next get's. Threads of one process racing on a counter may lose a
  * count: these are statistics. */
 static inline void dkCount(dkshm *s, int ctr, uint64_t n) {
+    /* dkSelfId publishes counters before forkGen (release), as slot. */
     if (__atomic_load_n(&s->forkGen, __ATOMIC_ACQUIRE) ==
-            __atomic_load_n(&dkForkGeneration, __ATOMIC_RELAXED) &&
-        __atomic_load_n(&s->lockId, __ATOMIC_ACQUIRE) != 0) {
-        uint64_t *c = &dkSlotAt(s, __atomic_load_n(&s->slot, __ATOMIC_RELAXED))
-                           ->counters[ctr];
-        __atomic_store_n(c, __atomic_load_n(c, __ATOMIC_RELAXED) + n,
-                         __ATOMIC_RELAXED);
+        __atomic_load_n(&dkForkGeneration, __ATOMIC_RELAXED)) {
+        uint64_t *c = __atomic_load_n(&s->counters, __ATOMIC_RELAXED);
+        if (c)
+            __atomic_store_n(&c[ctr],
+                             __atomic_load_n(&c[ctr], __ATOMIC_RELAXED) + n,
+                             __ATOMIC_RELAXED);
     }
 }
 /* Our slot; only valid after dkSelf succeeded. */
@@ -264,7 +273,12 @@ int dkInflightRemove(dkshm *s, dkUndo *log, dkoff off);
 /* LOG was committed (COMMITTED) or rolled back: the entries its operation
  * emptied may be filled again (called by dkUndoCommit and
  * dkUndoRollback). */
-void dkInflightSettle(const dkUndo *log, bool committed);
+void dkInflightSettleSome(const dkUndo *log, bool committed);
+extern DK_TLS_FAST uint32_t dkPendingN; /* this thread's HELD marks */
+static inline void dkInflightSettle(const dkUndo *log, bool committed) {
+    if (dkPendingN) /* most commits have none: no call */
+        dkInflightSettleSome(log, committed);
+}
 
 /* Monotonic and real clocks in nanoseconds. */
 uint64_t dkNowNs(void);

@@ -512,6 +512,23 @@ static uint64_t myCounter(int ctr) {
     return 0;
 }
 
+/* A forked child's allocations: counted in its own slot (0: they were). */
+static int countInChild(void *arg) {
+    (void)arg;
+    dkoff o[3];
+    for (int i = 0; i < 3; i++)
+        if (memboundAllocOff(mb, 64, &o[i]) != DKSHM_OK)
+            return 1;
+    dkshmProcInfo info[16];
+    size_t n = 0;
+    if (dkshmProcList(seg, info, 16, &n) != DKSHM_OK)
+        return 2;
+    for (size_t i = 0; i < n && i < 16; i++)
+        if (info[i].pid == (uint32_t)getpid())
+            return info[i].counters[DKSHM_CTR_ALLOCS] == 3 ? 0 : 3;
+    return 4;
+}
+
 static fastMutex *ctrLock;
 static int holdLockBriefly(void *arg) {
     (void)arg;
@@ -557,6 +574,13 @@ START_TEST(test_process_counters) {
     ck_assert_int_eq(testWait(pid), 0);
     ck_assert_uint_eq(myCounter(DKSHM_CTR_LOCK_WAITS) - w0, 1);
     ck_assert_uint_gt(myCounter(DKSHM_CTR_LOCK_WAIT_NS) - ns0, 1000000);
+
+    /* A forked child inherits the handle, not the slot: it counts in its
+     * own slot, and the parent's counters do not move. */
+    uint64_t parentAllocs = myCounter(DKSHM_CTR_ALLOCS);
+    pid = testSpawn(countInChild, NULL);
+    ck_assert_int_eq(testWait(pid), 0);
+    ck_assert_uint_eq(myCounter(DKSHM_CTR_ALLOCS), parentAllocs);
 }
 END_TEST
 

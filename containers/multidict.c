@@ -393,24 +393,31 @@ static bool mdWordsEq(const uint64_t *src, const void *b, uint64_t n) {
 #endif
 #endif
 
+typedef uint64_t mdV16 __attribute__((vector_size(16)));
+
 /* Copy N <= 64 bytes with overlapping moves, no call (only [0, n) of DST
  * is written). */
 static inline void mdCopySmall(uint8_t *d, const uint8_t *p, uint64_t n) {
 #ifdef MD_WORD_READS
     mdGetWords(d, (const uint64_t *)p, n);
 #else
+    /* Vector registers, not byte arrays: arrays go through the stack. */
     if (n > 32) {
-        uint8_t a[32], b[32];
-        __builtin_memcpy(a, p, 32);
-        __builtin_memcpy(b, p + n - 32, 32);
-        __builtin_memcpy(d, a, 32);
-        __builtin_memcpy(d + n - 32, b, 32);
+        mdV16 a0, a1, b0, b1;
+        __builtin_memcpy(&a0, p, 16);
+        __builtin_memcpy(&a1, p + 16, 16);
+        __builtin_memcpy(&b0, p + n - 32, 16);
+        __builtin_memcpy(&b1, p + n - 16, 16);
+        __builtin_memcpy(d, &a0, 16);
+        __builtin_memcpy(d + 16, &a1, 16);
+        __builtin_memcpy(d + n - 32, &b0, 16);
+        __builtin_memcpy(d + n - 16, &b1, 16);
     } else if (n > 16) {
-        uint8_t a[16], b[16];
-        __builtin_memcpy(a, p, 16);
-        __builtin_memcpy(b, p + n - 16, 16);
-        __builtin_memcpy(d, a, 16);
-        __builtin_memcpy(d + n - 16, b, 16);
+        mdV16 a, b;
+        __builtin_memcpy(&a, p, 16);
+        __builtin_memcpy(&b, p + n - 16, 16);
+        __builtin_memcpy(d, &a, 16);
+        __builtin_memcpy(d + n - 16, &b, 16);
     } else if (n >= 8) {
         uint64_t a, b;
         __builtin_memcpy(&a, p, 8);
@@ -619,11 +626,11 @@ static int mdLock(multidict *d, mdShard *sh, mdOp *op, uint32_t what) {
     }
     if (rc < 0)
         return rc;
-    /* Unlocked with records in the log (or more than it holds): damage.
-     * dkUndoRoom would wrap and a writer append past the log. */
+    /* More records than the log holds: damage. dkUndoRoom would wrap and
+     * a writer append past the log. (The log's place and capacity were
+     * checked above; nothing but damage changes them.) */
     if (__builtin_expect(__atomic_load_n(&op->log->count, __ATOMIC_RELAXED) >
-                             MD_UNDO_CAP ||
-                         !mdShardLogOk(d, sh),
+                             MD_UNDO_CAP,
                          0)) {
         fastMutexUnlock(d->s, &sh->lock);
         return DKSHM_CORRUPT;
@@ -723,6 +730,10 @@ static int mdFindLocked(mdOp *op, const mdKey *k, uint64_t *at, mdTable *tp) {
         if (!dkRangeOk(op->s, eo, MD_ENTRY_HDR))
             return DKSHM_CORRUPT;
         const mdEntry *e = dkPtr(op->s, eo);
+        /* A writer reads and writes the value next, which usually starts
+         * in the entry's second line: fetch it now, in parallel with the
+         * header's line, instead of after it (a prefetch never faults). */
+        __builtin_prefetch((const uint8_t *)e + 64, 1);
         if (e->hash != k->h || e->klen != k->klen ||
             !dkRangeOk(op->s, eo, MD_ENTRY_HDR + mdR8(k->klen)) ||
             !mdEqRacy(mdKeyWords(e), k->key, k->klen))
@@ -992,9 +1003,10 @@ static void mdLogRange(mdOp *op, uint64_t *w, const uint8_t *src,
     uint32_t n = (uint32_t)(mdR8(len) / 8);
     uint32_t c = __atomic_load_n(&u->count, __ATOMIC_RELAXED);
     uint64_t at = (8ull << 56) | dkOff(op->s, w);
-    for (uint32_t i = 0; i < n; i++) {
-        __atomic_store_n(&u->rec[c + i].at, at + 8ull * i, __ATOMIC_RELAXED);
-        __atomic_store_n(&u->rec[c + i].old, w[i], __ATOMIC_RELAXED);
+    dkUndoRec *r = u->rec + c;
+    for (uint32_t i = 0; i < n; i++, r++, at += 8) {
+        __atomic_store_n(&r->at, at, __ATOMIC_RELAXED);
+        __atomic_store_n(&r->old, w[i], __ATOMIC_RELAXED);
     }
     atomic_signal_fence(memory_order_seq_cst);
     __atomic_store_n(&u->count, c + n, __ATOMIC_RELEASE);
@@ -1332,16 +1344,13 @@ static inline bool mdEqSmall(const uint8_t *src, const uint8_t *b, uint64_t n) {
     return mdWordsEq((const uint64_t *)src, b, n);
 #else
     if (n >= 16) {
-        uint64_t a0, a1, a2, a3, b0, b1, b2, b3;
-        __builtin_memcpy(&a0, src, 8);
-        __builtin_memcpy(&a1, src + 8, 8);
-        __builtin_memcpy(&a2, src + n - 16, 8);
-        __builtin_memcpy(&a3, src + n - 8, 8);
-        __builtin_memcpy(&b0, b, 8);
-        __builtin_memcpy(&b1, b + 8, 8);
-        __builtin_memcpy(&b2, b + n - 16, 8);
-        __builtin_memcpy(&b3, b + n - 8, 8);
-        return ((a0 ^ b0) | (a1 ^ b1) | (a2 ^ b2) | (a3 ^ b3)) == 0;
+        mdV16 a0, a1, b0, b1;
+        __builtin_memcpy(&a0, src, 16);
+        __builtin_memcpy(&a1, src + n - 16, 16);
+        __builtin_memcpy(&b0, b, 16);
+        __builtin_memcpy(&b1, b + n - 16, 16);
+        mdV16 x = (a0 ^ b0) | (a1 ^ b1);
+        return (x[0] | x[1]) == 0;
     }
     if (n >= 8) {
         uint64_t a0, a1, b0, b1;
@@ -1396,50 +1405,61 @@ mdGetFast(multidict *d, const void *key, size_t klen, void *buf,
     uint64_t word = mdLoad64(&sh->table);
     /* Separate predictable branches: each a single fused compare-and-jump,
      * cheaper than OR-ing the conditions. */
-    if (__builtin_expect(seq & 1, 0) ||
-        __builtin_expect(mdLoad32(&sh->clearing) != 0, 0))
+    if (__builtin_expect(seq & 1, 0))
         goto slow;
-    uint32_t log2 = (uint32_t)(word >> 56);
-    dkoff toff = word & MD_TABLE_OFF_MASK;
-    uint64_t size = d->size;
-    if (__builtin_expect(word == 0, 0) ||
-        __builtin_expect(log2 > MD_MAX_LOG2, 0) ||
-        __builtin_expect(toff + (8ull << log2) > size, 0))
+    if (__builtin_expect(mdLoad32(&sh->clearing) != 0, 0))
         goto slow;
-    const uint8_t *base = d->base;
-    uint64_t mask = (1ull << log2) - 1, i = h & mask;
+    if (__builtin_expect(word == 0, 0))
+        goto slow;
+    /* The slot count and the range check come from the same (masked)
+     * log2, so a damaged word can only shrink what is probed. */
+    uint64_t slots = 1ull << ((word >> 56) & 63);
+    const uint64_t *tbl = (const uint64_t *)(d->base + (word & MD_TABLE_OFF_MASK));
+    if (__builtin_expect((word & MD_TABLE_OFF_MASK) + 8 * slots > d->size, 0))
+        goto slow;
+    uint64_t mask = slots - 1, i = h & mask;
     uint64_t tag = (h & MD_TAG_MASK) << MD_OFF_BITS;
-    uint64_t lim = size - MD_ENTRY_HDR - mdR8(klen);
     for (int n = 0; n < 64; n++, i = (i + 1) & mask) {
-        uint64_t v = mdLoad64((const uint64_t *)(base + toff) + i);
+        uint64_t v = mdLoad64(tbl + i);
         if (__builtin_expect(v == MD_EMPTY, 0)) {
             if (mdSeqMoved(&sh->seq, seq))
                 goto slow;
             return DKSHM_NOTFOUND;
         }
-        if ((v & ~MD_OFF_MASK) != tag || __builtin_expect(v == MD_TOMB, 0))
+        if ((v & ~MD_OFF_MASK) != tag)
+            continue;
+        if (__builtin_expect(v == MD_TOMB, 0)) /* tag 0 */
             continue;
         dkoff eo = mdSlotOff(v);
-        if (__builtin_expect(eo > lim, 0))
+        /* The header and up to MD_SMALL_KEY (small) or KLEN key bytes
+         * lie inside the segment. */
+        if (__builtin_expect(eo + MD_ENTRY_HDR + (small ? MD_SMALL_KEY
+                                                        : mdR8(klen)) >
+                                 d->size,
+                             0))
             goto slow;
-        const mdEntry *e = (const mdEntry *)(base + eo);
+        const mdEntry *e = (const mdEntry *)(d->base + eo);
         if (__builtin_expect(mdLoad32(&e->klen) != klen, 0))
             continue;
         const uint8_t *ek = (const uint8_t *)(e + 1);
         if (small ? !mdEqSmall(ek, key, klen) : !mdEqRacy(ek, key, klen))
             continue;
         uint64_t vl = mdLoad64(&e->vlen);
-        /* An expiry to look at or a torn length: the full protocol. */
-        if (__builtin_expect(mdLoad64(&e->expire) != 0, 0) ||
-            __builtin_expect(vl > lim - eo, 0))
+        const uint8_t *ev = ek + mdR8(klen);
+        /* An expiry to look at, a value larger than the small path copies
+         * or one that would end outside the segment (torn, or damage): the
+         * full protocol. */
+        if (__builtin_expect(mdLoad64(&e->expire) != 0, 0))
             goto slow;
         if (small && __builtin_expect(vl > MD_SMALL_VALUE, 0))
             return mdGetAny(d, key, klen, buf, bufLen, vlen);
+        if (__builtin_expect(vl > d->size - (uint64_t)(ev - d->base), 0))
+            goto slow;
         if (__builtin_expect(vl <= bufLen, 1)) {
             if (small)
-                mdCopySmall(buf, ek + mdR8(klen), vl);
+                mdCopySmall(buf, ev, vl);
             else
-                mdCopyRacy(buf, ek + mdR8(klen), vl);
+                mdCopyRacy(buf, ev, vl);
         }
         if (mdSeqMoved(&sh->seq, seq))
             goto slow;
@@ -1447,7 +1467,7 @@ mdGetFast(multidict *d, const void *key, size_t klen, void *buf,
         if (__builtin_expect(vl > bufLen, 0))
             return DKSHM_TOOBIG;
         if (__builtin_expect(d->refLog2 != 0, 0))
-            mdTouch(d, (mdShard *)sh, h);
+            mdTouch(d, (mdShard *)sh, mdLoad64(&e->hash));
         return DKSHM_OK;
     }
 slow:
@@ -1460,21 +1480,28 @@ static int mdGetAny(multidict *d, const void *key, size_t klen, void *buf,
 }
 
 /* flatten: XXH3 inlined, and specialised for keys of at most
- * MD_SMALL_KEY bytes. */
+ * MD_SMALL_KEY bytes. Each argument check is its own predictable branch. */
 __attribute__((flatten)) DKSHM_API int
 multidictGet(multidict *d, const void *key, size_t klen, void *buf,
              size_t bufLen, size_t *vlen) {
-    if (__builtin_expect(klen - 1 >= MD_SMALL_KEY, 0) ||
-        __builtin_expect(!d, 0) || __builtin_expect(!key, 0) ||
-        __builtin_expect(!vlen, 0) || __builtin_expect(!buf && bufLen, 0)) {
-        if (!d || !key || !vlen || klen - 1 >= MULTIDICT_KEY_MAX ||
-            (!buf && bufLen))
-            return mdGetSlow(d, key, klen, buf, bufLen, vlen); /* errors */
-        dkCount(d->s, DKSHM_CTR_READS, 1);
-        return mdGetAny(d, key, klen, buf, bufLen, vlen);
-    }
+    if (__builtin_expect(klen - 1 >= MD_SMALL_KEY, 0))
+        goto other;
+    if (__builtin_expect(!d, 0))
+        goto other;
+    if (__builtin_expect(!key, 0))
+        goto other;
+    if (__builtin_expect(!vlen, 0))
+        goto other;
+    if (__builtin_expect(!buf, 0) && bufLen)
+        goto other;
     dkCount(d->s, DKSHM_CTR_READS, 1);
     return mdGetFast(d, key, klen, buf, bufLen, vlen, true);
+other:
+    if (!d || !key || !vlen || klen - 1 >= MULTIDICT_KEY_MAX ||
+        (!buf && bufLen))
+        return mdGetSlow(d, key, klen, buf, bufLen, vlen); /* errors */
+    dkCount(d->s, DKSHM_CTR_READS, 1);
+    return mdGetAny(d, key, klen, buf, bufLen, vlen);
 }
 
 /* The full protocol: wait out or recover writers, retry torn reads, read

@@ -47,11 +47,10 @@
  * (see mdCopyRacy: memcpy and an acquire fence, or 8-byte acquire loads
  * under ThreadSanitizer), and accepts only if seq has not moved. The
  * common case is one inlined pass (mdGetFast: for keys up to 32 bytes and
- * values up to 64 a leaf without calls, about 150 instructions with the
- * hash; with two dependent DRAM misses per get what limits gets is how
- * many of them the CPU overlaps, i.e. how many gets fit in its reorder
- * window, so the path is kept short); anything unusual goes to the full
- * protocol (mdGetSlow). A reader may see a half-changed or
+ * values up to 64 a leaf without calls, about 185 instructions with the
+ * hash by callgrind; a get waits on two dependent DRAM misses, the slot and
+ * then the entry, which take about 85% of its perf samples); anything
+ * unusual goes to the full protocol (mdGetSlow). A reader may see a half-changed or
  * freed table or entry before its validation fails, so every offset it
  * follows is bounds-checked (dkRangeOk) and every loop is bounded; a torn
  * read costs a retry, never a fault. Freed blocks stay mapped, so freeing
@@ -1388,10 +1387,9 @@ static int mdGetAny(multidict *d, const void *key, size_t klen, void *buf,
  * MD_SMALL_KEY, values up to MD_SMALL_VALUE bytes: a leaf without calls or
  * a stack frame, inlined into multidictGet) and any size (mdGetAny, with
  * memcmp/memcpy). With a DRAM miss for the slot and one for the entry,
- * what limits gets is how many of them the CPU overlaps, and that is how
- * many gets fit in its reorder window: every instruction here counts
- * (about 90 for a 16-byte key and a 64-byte value, the hash included).
- * Each racy read is bounds-checked before it is followed, and validated
+ * what limits gets is how many of them the CPU overlaps; the path is kept
+ * short (about 185 instructions for a 16-byte key and a 64-byte value,
+ * the hash included) and its values in registers. Each racy read is bounds-checked before it is followed, and validated
  * by the seq word before it is returned. The entry's hash is not
  * compared: the slot's tag, the key length and the key decide (a tag
  * collision costs a key compare, nothing more). A cache's CLOCK bit is

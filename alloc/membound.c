@@ -644,13 +644,19 @@ static int mbSlabAlloc(mbOp *op, int c, dkoff *out) {
                    (uint8_t)(MB_SLAB | g->order | MB_COMMITTED));
         /* Unlogged: until this operation commits, the slab's pages are
          * free space in the eyes of any rollback, so their old bytes do
-         * not matter. */
+         * not matter. Relaxed atomic stores, not memset: a container's
+         * lock-free reader may still be reading these bytes as the table
+         * or entry they were before they were freed (its version check
+         * throws away what it read), and to ThreadSanitizer a plain write
+         * beside that atomic read is a race. */
         mbSlab *fresh = mbSlabAt(m, h);
-        fresh->cls = (uint32_t)c;
-        fresh->used = 0;
-        memset(fresh->bits, 0, 8u * g->words);
+        __atomic_store_n(&fresh->cls, (uint32_t)c, __ATOMIC_RELAXED);
+        __atomic_store_n(&fresh->used, 0, __ATOMIC_RELAXED);
+        for (uint32_t w = 0; w < g->words; w++)
+            __atomic_store_n(&fresh->bits[w], 0, __ATOMIC_RELAXED);
         if (g->nSlots % 64)
-            fresh->bits[g->words - 1] = ~0ull << (g->nSlots % 64);
+            __atomic_store_n(&fresh->bits[g->words - 1],
+                             ~0ull << (g->nSlots % 64), __ATOMIC_RELAXED);
         mbListPush(op, &cl->partial, h);
         mbAdd64(op, &cl->slabs, 1);
     }

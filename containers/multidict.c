@@ -1342,14 +1342,21 @@ static inline bool mdEqSmall(const uint8_t *src, const uint8_t *b, uint64_t n) {
 #ifdef MD_WORD_READS
     return mdWordsEq((const uint64_t *)src, b, n);
 #else
+    /* 8-byte loads, not 16: the caller has usually just written its key
+     * with 8-byte stores, and a load wider than the store it reads from
+     * cannot be forwarded from the store buffer: it waits until those
+     * stores reach the cache, i.e. until the previous get has retired. */
     if (n >= 16) {
-        mdV16 a0, a1, b0, b1;
-        __builtin_memcpy(&a0, src, 16);
-        __builtin_memcpy(&a1, src + n - 16, 16);
-        __builtin_memcpy(&b0, b, 16);
-        __builtin_memcpy(&b1, b + n - 16, 16);
-        mdV16 x = (a0 ^ b0) | (a1 ^ b1);
-        return (x[0] | x[1]) == 0;
+        uint64_t a0, a1, a2, a3, b0, b1, b2, b3;
+        __builtin_memcpy(&a0, src, 8);
+        __builtin_memcpy(&a1, src + 8, 8);
+        __builtin_memcpy(&a2, src + n - 16, 8);
+        __builtin_memcpy(&a3, src + n - 8, 8);
+        __builtin_memcpy(&b0, b, 8);
+        __builtin_memcpy(&b1, b + 8, 8);
+        __builtin_memcpy(&b2, b + n - 16, 8);
+        __builtin_memcpy(&b3, b + n - 8, 8);
+        return ((a0 ^ b0) | (a1 ^ b1) | (a2 ^ b2) | (a3 ^ b3)) == 0;
     }
     if (n >= 8) {
         uint64_t a0, a1, b0, b1;

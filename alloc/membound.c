@@ -521,7 +521,11 @@ static void mbBuddyFree(mbOp *op, uint32_t i, uint32_t k, bool release) {
         mbLoad64(&r->committedFree) + (1ull << k) > retain &&
         mbPunch(op, i, k))
         committed = false;
-    mbListPush(op, &r->freeHead[k], i);
+    /* A damaged list head: leave the block off the list (check reports
+     * the head, and the free block it cannot find) rather than write
+     * through the head. */
+    if (mbHeadOk(m, &r->freeHead[k], i))
+        mbListPush(op, &r->freeHead[k], i);
     mbSet8(op, &m->ctrl[i],
            (uint8_t)(MB_FREE | k | (committed ? MB_COMMITTED : 0)));
     if (committed)
@@ -1758,6 +1762,10 @@ int memboundForEachAllocation(membound *m, memboundVisitFn fn, void *ctx) {
     if (locked)
         mbUnlock(&op);
     return rc;
+}
+
+uint32_t *memboundFreeHead(membound *m, unsigned order) {
+    return m && order < MB_ORDERS ? &m->root->freeHead[order] : NULL;
 }
 
 void memboundSetRetainBytes(membound *m, uint64_t bytes) {

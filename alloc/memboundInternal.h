@@ -45,6 +45,10 @@ int memboundLockState(membound *m, fastMutexState *out);
  * 0: punch at once, as tests of merging want). Per handle. */
 void memboundSetRetainBytes(membound *m, uint64_t bytes);
 
+/* For damage tests: the head word of the free list of blocks of 2^ORDER
+ * pages (a page index, UINT32_MAX for none); NULL past the last order. */
+uint32_t *memboundFreeHead(membound *m, unsigned order);
+
 /* Call FN(CTX, offset, usable size) for every live allocation, in address
  * order, under the allocator lock (no lock on a read-only handle: then the
  * walk is best effort). FN must not call the allocator. A non-zero return

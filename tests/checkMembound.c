@@ -1332,6 +1332,39 @@ END_TEST
 
 /* ---- damaged metadata --------------------------------------------------- */
 
+/* A free whose block goes onto a free list with a damaged head: the head is
+ * not written through (it names a page far outside the heap), the process
+ * goes on, and check reports the damage. */
+START_TEST(test_free_onto_damaged_head) {
+    fflush(NULL);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        dkshm *s;
+        if (dkshmCreateAnonymous(4 * MiB, NULL, &s) != DKSHM_OK)
+            _exit(30);
+        membound *m = memboundForSegment(s);
+        memboundStats st;
+        memboundGetStats(m, &st);
+        /* Two 16-page blocks: buddies, or at least of the same order. */
+        size_t big = 16 * (size_t)st.pageSize;
+        void *a = memboundAlloc(m, big), *b = memboundAlloc(m, big);
+        if (!a || !b)
+            _exit(31);
+        unsigned order = 4;
+        memboundFree(m, a); /* on the order-4 list (its buddy is in use) */
+        uint32_t *head = memboundFreeHead(m, order);
+        if (!head || *head == UINT32_MAX)
+            _exit(32);
+        *head = 0x7ffffff0u;
+        memboundFree(m, b); /* cannot merge with A: onto the damaged list */
+        char why[256];
+        _exit(memboundCheck(m, why, sizeof why) == DKSHM_CORRUPT ? 0 : 33);
+    }
+    ck_assert_int_eq(testWait(pid), 0);
+}
+END_TEST
+
 /* Scribble over the allocator's tables (not its lock or undo log) and over
  * slab headers; check() must report, never crash or hang. */
 START_TEST(test_check_damage) {
@@ -1506,7 +1539,7 @@ static Suite *memboundSuite(void) {
           test_inflight_abort_frees_entry,
           test_unreaped_pool, test_crash_consolidate},
          300},
-        {"check", {test_check_damage}, 120},
+        {"check", {test_check_damage, test_free_onto_damaged_head}, 120},
     };
     return testSuiteFrom("membound", cases, sizeof cases / sizeof cases[0],
                          setupSmall, teardown);

@@ -1416,6 +1416,8 @@ mdGetFast(multidict *d, const void *key, size_t klen, void *buf,
         goto slow;
     if (__builtin_expect(word == 0, 0))
         goto slow;
+    if (__builtin_expect(word & 7, 0)) /* damage: slots are 8-byte words */
+        goto slow;
     /* The slot count and the range check come from the same (masked)
      * log2, so a damaged word can only shrink what is probed. */
     uint64_t slots = 1ull << ((word >> 56) & 63);

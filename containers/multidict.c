@@ -50,10 +50,10 @@
  * values up to 64 a leaf without calls, about 185 instructions with the
  * hash by callgrind; a get waits on two dependent DRAM misses, the slot and
  * then the entry, which take about 85% of its perf samples); anything
- * unusual goes to the full protocol (mdGetSlow). A reader may see a half-changed or
- * freed table or entry before its validation fails, so every offset it
- * follows is bounds-checked (dkRangeOk) and every loop is bounded; a torn
- * read costs a retry, never a fault. Freed blocks stay mapped, so freeing
+ * unusual goes to the full protocol (mdGetSlow). A reader may see a
+ * half-changed or freed table or entry before its validation fails, so every
+ * offset it follows is bounds-checked (dkRangeOk) and every loop is bounded; a
+ * torn read costs a retry, never a fault. Freed blocks stay mapped, so freeing
  * at once is safe. When seq stays odd the reader looks at the lock: free
  * (the writer died and was rolled back by a reaper that does not know our
  * seq word) means the data is consistent and the odd value is a valid
@@ -250,7 +250,6 @@ typedef struct mdOp { /* per process */
     int nGarbage; /* blocks in our in-flight list to free */
     dkoff garbage[MD_GARBAGE_MAX];
 } mdOp;
-
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -729,10 +728,6 @@ static int mdFindLocked(mdOp *op, const mdKey *k, uint64_t *at, mdTable *tp) {
         if (!dkRangeOk(op->s, eo, MD_ENTRY_HDR))
             return DKSHM_CORRUPT;
         const mdEntry *e = dkPtr(op->s, eo);
-        /* A writer reads and writes the value next, which usually starts
-         * in the entry's second line: fetch it now, in parallel with the
-         * header's line, instead of after it (a prefetch never faults). */
-        __builtin_prefetch((const uint8_t *)e + 64, 1);
         if (e->hash != k->h || e->klen != k->klen ||
             !dkRangeOk(op->s, eo, MD_ENTRY_HDR + mdR8(k->klen)) ||
             !mdEqRacy(mdKeyWords(e), k->key, k->klen))
@@ -1335,7 +1330,6 @@ static inline void mdTouch(multidict *d, mdShard *sh, uint64_t h) {
         __atomic_fetch_or(word, bit, __ATOMIC_RELAXED);
 }
 
-
 /* Whether the N <= 32 bytes at SRC equal B, with overlapping loads and no
  * call. */
 static inline bool mdEqSmall(const uint8_t *src, const uint8_t *b, uint64_t n) {
@@ -1396,14 +1390,14 @@ static int mdGetAny(multidict *d, const void *key, size_t klen, void *buf,
  * memcmp/memcpy). With a DRAM miss for the slot and one for the entry,
  * what limits gets is how many of them the CPU overlaps; the path is kept
  * short (about 185 instructions for a 16-byte key and a 64-byte value,
- * the hash included) and its values in registers. Each racy read is bounds-checked before it is followed, and validated
- * by the seq word before it is returned. The entry's hash is not
- * compared: the slot's tag, the key length and the key decide (a tag
- * collision costs a key compare, nothing more). A cache's CLOCK bit is
- * set here too. */
+ * the hash included) and its values in registers. Each racy read is
+ * bounds-checked before it is followed, and validated by the seq word before it
+ * is returned. The entry's hash is not compared: the slot's tag, the key length
+ * and the key decide (a tag collision costs a key compare, nothing more). A
+ * cache's CLOCK bit is set here too. */
 static inline __attribute__((always_inline)) int
-mdGetFast(multidict *d, const void *key, size_t klen, void *buf,
-          size_t bufLen, size_t *vlen, const bool small) {
+mdGetFast(multidict *d, const void *key, size_t klen, void *buf, size_t bufLen,
+          size_t *vlen, const bool small) {
     uint64_t h = mdHash(key, klen);
     const mdShard *sh = d->shards + mdShardOf(d, h);
     uint32_t seq = __atomic_load_n(&sh->seq, __ATOMIC_ACQUIRE);
@@ -1421,7 +1415,8 @@ mdGetFast(multidict *d, const void *key, size_t klen, void *buf,
     /* The slot count and the range check come from the same (masked)
      * log2, so a damaged word can only shrink what is probed. */
     uint64_t slots = 1ull << ((word >> 56) & 63);
-    const uint64_t *tbl = (const uint64_t *)(d->base + (word & MD_TABLE_OFF_MASK));
+    const uint64_t *tbl =
+        (const uint64_t *)(d->base + (word & MD_TABLE_OFF_MASK));
     if (__builtin_expect((word & MD_TABLE_OFF_MASK) + 8 * slots > d->size, 0))
         goto slow;
     uint64_t mask = slots - 1, i = h & mask;
@@ -1440,8 +1435,8 @@ mdGetFast(multidict *d, const void *key, size_t klen, void *buf,
         dkoff eo = mdSlotOff(v);
         /* The header and up to MD_SMALL_KEY (small) or KLEN key bytes
          * lie inside the segment. */
-        if (__builtin_expect(eo + MD_ENTRY_HDR + (small ? MD_SMALL_KEY
-                                                        : mdR8(klen)) >
+        if (__builtin_expect(eo + MD_ENTRY_HDR +
+                                     (small ? MD_SMALL_KEY : mdR8(klen)) >
                                  d->size,
                              0))
             goto slow;
@@ -2095,8 +2090,8 @@ DKSHM_API int multidictOpen(dkshm *s, const char *name,
     }
     mdMakeCtx mc = {d, s, opt};
     dkoff root;
-    rc = dkshmObjectOpen(s, name, MULTIDICT_TYPE, flags, mdMake, mdDiscard,
-                         &mc, &root, NULL);
+    rc = dkshmObjectOpen(s, name, MULTIDICT_TYPE, flags, mdMake, mdDiscard, &mc,
+                         &root, NULL);
     if (rc == DKSHM_OK)
         rc = mdAdopt(d, s, root);
     if (rc != DKSHM_OK) {

@@ -140,11 +140,11 @@ struct dkshm { /* per process */
     dkoff directory;
     dkoff heap;
     uint64_t heapSize;
-    uint32_t slot;     /* our process-table slot, valid when registered */
-    uint32_t lockId;   /* our owner id in lock words; 0: not registered */
-    uint64_t forkGen;  /* dkForkGeneration when lockId was taken */
+    uint32_t slot;      /* our process-table slot, valid when registered */
+    uint32_t lockId;    /* our owner id in lock words; 0: not registered */
+    uint64_t forkGen;   /* dkForkGeneration when lockId was taken */
     uint64_t *counters; /* our slot's counters; NULL: not registered */
-    pid_t pid;         /* the process that registered */
+    pid_t pid;          /* the process that registered */
 };
 
 /* Lock owner ids, stored in lock words. Bit 31 is the lock's waiters bit. */

@@ -466,9 +466,8 @@ int main(int argc, char **argv) {
              (unsigned long long)st.resizes);
     benchReportNote(&r, note);
 
-    const char *cols[V_COUNT] = {"multidict", "baseline",
-                                 "baseline, called", "inline",
-                                 "shm baseline"};
+    const char *cols[V_COUNT] = {"multidict", "baseline", "baseline, called",
+                                 "inline", "shm baseline"};
     benchTable(&r, V_COUNT, cols);
     benchTableRow(&r, "preload (insert new keys)", "ops/s", preload);
 

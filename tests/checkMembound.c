@@ -1335,78 +1335,78 @@ END_TEST
 /* A free whose block goes onto a free list with a damaged head: the head is
  * not written through (it names a page far outside the heap), the process
  * goes on, and check reports the damage. */
+static int freeOntoDamagedHead(void *arg) {
+    (void)arg;
+    dkshm *s;
+    if (dkshmCreateAnonymous(4 * MiB, NULL, &s) != DKSHM_OK)
+        return 30;
+    membound *m = memboundForSegment(s);
+    memboundStats st;
+    memboundGetStats(m, &st);
+    /* Two 16-page blocks: buddies, or at least of the same order. */
+    size_t big = 16 * (size_t)st.pageSize;
+    void *a = memboundAlloc(m, big), *b = memboundAlloc(m, big);
+    if (!a || !b)
+        return 31;
+    unsigned order = 4;
+    memboundFree(m, a); /* on the order-4 list (its buddy is in use) */
+    uint32_t *head = memboundFreeHead(m, order);
+    if (!head || *head == UINT32_MAX)
+        return 32;
+    *head = 0x7ffffff0u;
+    memboundFree(m, b); /* cannot merge with A: onto the damaged list */
+    char why[256];
+    return memboundCheck(m, why, sizeof why) == DKSHM_CORRUPT ? 0 : 33;
+}
+
 START_TEST(test_free_onto_damaged_head) {
-    fflush(NULL);
-    pid_t pid = fork();
-    ck_assert_int_ge(pid, 0);
-    if (pid == 0) {
-        dkshm *s;
-        if (dkshmCreateAnonymous(4 * MiB, NULL, &s) != DKSHM_OK)
-            _exit(30);
-        membound *m = memboundForSegment(s);
-        memboundStats st;
-        memboundGetStats(m, &st);
-        /* Two 16-page blocks: buddies, or at least of the same order. */
-        size_t big = 16 * (size_t)st.pageSize;
-        void *a = memboundAlloc(m, big), *b = memboundAlloc(m, big);
-        if (!a || !b)
-            _exit(31);
-        unsigned order = 4;
-        memboundFree(m, a); /* on the order-4 list (its buddy is in use) */
-        uint32_t *head = memboundFreeHead(m, order);
-        if (!head || *head == UINT32_MAX)
-            _exit(32);
-        *head = 0x7ffffff0u;
-        memboundFree(m, b); /* cannot merge with A: onto the damaged list */
-        char why[256];
-        _exit(memboundCheck(m, why, sizeof why) == DKSHM_CORRUPT ? 0 : 33);
-    }
-    ck_assert_int_eq(testWait(pid), 0);
+    ck_assert_int_eq(testInChild(freeOntoDamagedHead, NULL), 0);
 }
 END_TEST
 
 /* Scribble over the allocator's tables (not its lock or undo log) and over
  * slab headers; check() must report, never crash or hang. */
+/* One damaged heap, built and scribbled on from the rng state at ARG (the
+ * child's copy): 0 if check found nothing, 1 for CORRUPT, 2 otherwise. */
+static int checkOneDamagedHeap(void *arg) {
+    uint64_t *seed = arg;
+    dkshm *s;
+    if (dkshmCreateAnonymous(2 * MiB, NULL, &s) != DKSHM_OK)
+        return 30;
+    membound *m = memboundForSegment(s);
+    void *keep[64];
+    for (int i = 0; i < 64; i++)
+        keep[i] = memboundAlloc(m, 1 + (size_t)(testRng(seed) % 9000));
+    for (int i = 0; i < 64; i += 3)
+        memboundFree(m, keep[i]);
+    memboundStats st;
+    memboundGetStats(m, &st);
+    /* The per-page tables end at the first page; with the end of the undo
+     * log they fill the 9 bytes per page before it. */
+    dkoff pages = s->hdr->allocRoot + st.metadata;
+    uint64_t n = st.capacity / st.pageSize;
+    dkoff tables = pages - 9 * n - 4096;
+    int hits = 1 + (int)(testRng(seed) % 8);
+    for (int h = 0; h < hits; h++) {
+        uint64_t r = testRng(seed);
+        dkoff at;
+        if (r % 2 == 0) /* a slab header: class, used, bitmap */
+            at = (dkshmOff(s, keep[1 + 3 * (int)(r % 20)]) & ~4095ull) +
+                 (r >> 8) % 16;
+        else
+            at = tables + (r >> 8) % (pages - tables);
+        *(uint8_t *)dkshmPtr(s, at) ^= (uint8_t)(1 + (r >> 40) % 255);
+    }
+    char why[256];
+    int rc = memboundCheck(m, why, sizeof why);
+    return rc == DKSHM_OK ? 0 : rc == DKSHM_CORRUPT ? 1 : 2;
+}
+
 START_TEST(test_check_damage) {
     uint64_t seed = 99;
     int corrupt = 0;
     for (int iter = 0; iter < 300; iter++) {
-        fflush(NULL);
-        pid_t pid = fork();
-        ck_assert_int_ge(pid, 0);
-        if (pid == 0) {
-            dkshm *s;
-            if (dkshmCreateAnonymous(2 * MiB, NULL, &s) != DKSHM_OK)
-                _exit(30);
-            membound *m = memboundForSegment(s);
-            void *keep[64];
-            for (int i = 0; i < 64; i++)
-                keep[i] = memboundAlloc(m, 1 + (size_t)(testRng(&seed) % 9000));
-            for (int i = 0; i < 64; i += 3)
-                memboundFree(m, keep[i]);
-            memboundStats st;
-            memboundGetStats(m, &st);
-            /* The per-page tables end at the first page; with the end of
-             * the undo log they fill the 9 bytes per page before it. */
-            dkoff pages = s->hdr->allocRoot + st.metadata;
-            uint64_t n = st.capacity / st.pageSize;
-            dkoff tables = pages - 9 * n - 4096;
-            int hits = 1 + (int)(testRng(&seed) % 8);
-            for (int h = 0; h < hits; h++) {
-                uint64_t r = testRng(&seed);
-                dkoff at;
-                if (r % 2 == 0) /* a slab header: class, used, bitmap */
-                    at = (dkshmOff(s, keep[1 + 3 * (int)(r % 20)]) & ~4095ull) +
-                         (r >> 8) % 16;
-                else
-                    at = tables + (r >> 8) % (pages - tables);
-                *(uint8_t *)dkshmPtr(s, at) ^= (uint8_t)(1 + (r >> 40) % 255);
-            }
-            char why[256];
-            int rc = memboundCheck(m, why, sizeof why);
-            _exit(rc == DKSHM_OK ? 0 : rc == DKSHM_CORRUPT ? 1 : 2);
-        }
-        int st = testWait(pid);
+        int st = testInChild(checkOneDamagedHeap, &seed);
         ck_assert_msg(st == 0 || st == 1, "iteration %d: child ended %d", iter,
                       st);
         corrupt += st == 1;

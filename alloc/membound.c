@@ -108,7 +108,7 @@
 #include <unistd.h>
 
 #define MB_MAGIC 0x31444e424d454d44ull /* "DMEMBND1" */
-#define MB_VERSION 2u /* 2: committedFree */
+#define MB_VERSION 3u /* 2: committedFree; 3: slots aligned by size */
 /* Largest critical section: a split or merge chain over 31 orders (about
  * five records per order) plus slab work is under 200 records; reclaim
  * commits after each block. 1024 leaves a wide margin (16 KiB). */
@@ -249,8 +249,17 @@ static uint32_t mbLog2(uint64_t v) { /* floor; v > 0 */
 
 /* ---- geometry ----------------------------------------------------------- */
 
-static uint32_t mbSlotOff(uint32_t nSlots) {
-    return (uint32_t)mbRoundUp(8u + 8u * ((nSlots + 63u) / 64u), 16);
+/* Where a slab's slots start: after the header (used count and bitmap),
+ * aligned to the largest power of two (16 to 64) that divides the slot
+ * size, so that every slot of a class that is a multiple of 32 bytes
+ * starts at the same place in its cache lines and none straddles a line
+ * more than its size requires: a 96-byte block then spans 2 lines, never
+ * 3 (at 16-byte alignment half of them spanned 3), and a reader of the
+ * whole block waits for one miss fewer. */
+static uint32_t mbSlotOff(uint32_t nSlots, uint32_t size) {
+    uint32_t align = size & -size;
+    align = align < 16 ? 16 : align > 64 ? 64 : align;
+    return (uint32_t)mbRoundUp(8u + 8u * ((nSlots + 63u) / 64u), align);
 }
 
 /* Slab shape of every class for page size PS: per class the smallest slab
@@ -267,12 +276,12 @@ static void mbGeometry(uint32_t ps, mbGeo geo[MB_NCLASSES]) {
             uint64_t n = bytes / size;
             if (n > MB_SLAB_MAX_SLOTS)
                 n = MB_SLAB_MAX_SLOTS;
-            while (n > 0 && mbSlotOff((uint32_t)n) + n * size > bytes)
+            while (n > 0 && mbSlotOff((uint32_t)n, size) + n * size > bytes)
                 n--;
             if (n == 0)
                 continue;
-            uint64_t waste = bytes - mbSlotOff((uint32_t)n) - n * size;
-            mbGeo g = {size, (uint32_t)n, mbSlotOff((uint32_t)n), o,
+            uint64_t waste = bytes - mbSlotOff((uint32_t)n, size) - n * size;
+            mbGeo g = {size, (uint32_t)n, mbSlotOff((uint32_t)n, size), o,
                        (uint32_t)((n + 63) / 64)};
             if (best.nSlots == 0 || waste * bestBytes < bestWaste * bytes) {
                 best = g;

@@ -1513,11 +1513,38 @@ END_TEST
 
 /* ---- suite -------------------------------------------------------------- */
 
+/* Slab blocks are aligned to the largest power of two (16 to 64) that
+ * divides their class size, so a block spans no more cache lines than its
+ * size requires when that is a multiple of 32: every 96-byte block two
+ * lines, every 64-byte block one. */
+START_TEST(test_slot_alignment) {
+    static const size_t sizes[] = {16, 32, 48, 64, 80, 96, 128, 192, 256, 2048};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        size_t align = sizes[i] & -sizes[i];
+        align = align > 64 ? 64 : align;
+        size_t lines = (sizes[i] + 63) / 64;
+        void *p[200];
+        for (int j = 0; j < 200; j++) { /* a few slabs' worth */
+            p[j] = memboundAlloc(mb, sizes[i]);
+            ck_assert_ptr_nonnull(p[j]);
+            uintptr_t a = (uintptr_t)p[j];
+            ck_assert_msg(a % align == 0, "%zu-byte block at %#lx", sizes[i],
+                          (unsigned long)(a % 64));
+            if (sizes[i] % 32 == 0) /* else no alignment can promise it */
+                ck_assert_uint_eq((a + sizes[i] - 1) / 64 - a / 64 + 1, lines);
+        }
+        for (int j = 0; j < 200; j++)
+            ck_assert_int_eq(memboundFree(mb, p[j]), DKSHM_OK);
+    }
+    TEST_ASSERT_CHECK(memboundCheck, mb);
+}
+END_TEST
+
 static Suite *memboundSuite(void) {
     const testCaseSpec cases[] = {
         {"basic",
          {test_alloc_free_sizes, test_random_churn, test_realloc, test_calloc,
-          test_handle_cache, test_foreach_and_reset},
+          test_handle_cache, test_foreach_and_reset, test_slot_alignment},
          30},
         {"badInput",
          {test_bad_handle_and_sizes, test_bad_frees, test_read_only},

@@ -37,9 +37,14 @@
  *                records, and in cache mode the CLOCK reference bitmap of
  *                2^refLog2 bits)
  *   table        2^k uint64_t slots per shard (k >= 4), one block
- *   entry        one block each: mdEntry (hash, expiry, value length, key
- *                length: 32 bytes), the key padded to 8, the value padded
- *                to 8. 16-byte keys with 64-byte values are 112 bytes.
+ *   entry        one block each: mdEntry (the key and value lengths in one
+ *                word, the expiry: 16 bytes), the key padded to 8, the
+ *                value padded to 8. 16-byte keys with 64-byte values are
+ *                96 bytes: membound puts blocks of that class 32-byte
+ *                aligned, so a get reads exactly two cache lines of an
+ *                entry. No hash: the slot's tag, the key length and the key
+ *                decide a lookup, and the rare paths that need a key's
+ *                hash (a resize past 2^22 slots, check) hash the key.
  *
  * READS take no lock (seqlock.h). A reader reads the shard's seq word
  * (waiting while it is odd), the table word, the slots and the entry
@@ -132,7 +137,7 @@
 #include <xxhash.h>
 
 #define MD_MAGIC 0x3154434944544c4dull /* "MLTDICT1" little-endian */
-#define MD_VERSION 1u
+#define MD_VERSION 2u /* 2: 16-byte entry header, no hash */
 #define MD_ROOT_BYTES 64u
 #define MD_SHARD_BYTES 64u
 #define MD_COLD_BYTES 64u
@@ -141,7 +146,10 @@
  * plus a sweep (two reclaims of 6 records and the hand) and a resize (6). */
 #define MD_UNDO_CAP 128u
 #define MD_INPLACE_MAX 512u
-#define MD_ENTRY_HDR 32u
+#define MD_ENTRY_HDR 16u
+#define MD_KLEN_BITS 17 /* MULTIDICT_KEY_MAX fits */
+#define MD_KLEN_MASK ((1ull << MD_KLEN_BITS) - 1)
+#define MD_VLEN_MAX ((1ull << (64 - MD_KLEN_BITS)) - 1)
 #define MD_MIN_LOG2 4u
 #define MD_MAX_LOG2 40u
 #define MD_TAG_BITS 22
@@ -160,7 +168,7 @@
 #define MD_RO_WAIT_NS (5ull * 1000000000ull)
 #define MD_RO_ATTEMPTS 100000 /* a read-only reader's failed validations */
 #define MD_REF_MIN_LOG2 9u
-#define MD_REF_MAX_LOG2 20u
+#define MD_REF_MAX_LOG2 20u /* <= MD_TAG_BITS: a slot's tag names its bit */
 #define MD_TORN 1000 /* internal: a read attempt saw a change, retry */
 
 /* Lock holder's op word in the undo log, for inspection. */
@@ -211,14 +219,15 @@ typedef struct mdCold { /* in the segment */
 _Static_assert(sizeof(mdCold) == MD_COLD_BYTES, "mdCold size");
 
 typedef struct mdEntry { /* in the segment: the head of an entry block */
-    uint64_t hash;
+    uint64_t lens;   /* value length << MD_KLEN_BITS | key length: one load
+                        gives a reader both, from the same version */
     uint64_t expire; /* CLOCK_MONOTONIC ns; 0: never */
-    uint64_t vlen;
-    uint32_t klen;
-    uint32_t flags; /* reserved: 0 */
     /* key, padded to 8; value, padded to 8 */
 } mdEntry;
 _Static_assert(sizeof(mdEntry) == MD_ENTRY_HDR, "mdEntry size");
+_Static_assert(MULTIDICT_KEY_MAX <= MD_KLEN_MASK, "key length field");
+_Static_assert(MD_VLEN_MAX >= (1ull << (MD_OFF_BITS + 4)),
+               "value length field smaller than the largest segment");
 
 struct multidict { /* per process */
     /* What a get needs, in one line: no chain of loads to the table. */
@@ -259,6 +268,24 @@ static inline uint64_t mdR8(uint64_t n) {
 
 static inline uint64_t mdEntrySize(uint64_t klen, uint64_t vlen) {
     return MD_ENTRY_HDR + mdR8(klen) + mdR8(vlen);
+}
+
+/* mdEntry.lens: both lengths in one word. */
+static inline uint64_t mdLens(uint64_t klen, uint64_t vlen) {
+    return vlen << MD_KLEN_BITS | klen;
+}
+
+static inline uint64_t mdKlen(uint64_t lens) {
+    return lens & MD_KLEN_MASK;
+}
+
+static inline uint64_t mdVlen(uint64_t lens) {
+    return lens >> MD_KLEN_BITS;
+}
+
+/* The size of entry E as its header says (under the lock). */
+static inline uint64_t mdSizeOf(const mdEntry *e) {
+    return mdEntrySize(mdKlen(e->lens), mdVlen(e->lens));
 }
 
 static inline void mdRelax(void) {
@@ -728,13 +755,14 @@ static int mdFindLocked(mdOp *op, const mdKey *k, uint64_t *at, mdTable *tp) {
         if (!dkRangeOk(op->s, eo, MD_ENTRY_HDR))
             return DKSHM_CORRUPT;
         const mdEntry *e = dkPtr(op->s, eo);
-        if (e->hash != k->h || e->klen != k->klen ||
+        uint64_t lens = e->lens;
+        if (mdKlen(lens) != k->klen ||
             !dkRangeOk(op->s, eo, MD_ENTRY_HDR + mdR8(k->klen)) ||
             !mdEqRacy(mdKeyWords(e), k->key, k->klen))
             continue;
         /* Callers read (CAS, incr) and overwrite (in place) the value by
          * its length: the whole entry must lie inside the segment. */
-        uint64_t vlen = e->vlen;
+        uint64_t vlen = mdVlen(lens);
         if (vlen > op->s->size ||
             !dkRangeOk(op->s, eo, mdEntrySize(k->klen, vlen)))
             return DKSHM_CORRUPT;
@@ -750,6 +778,19 @@ static int mdFindLocked(mdOp *op, const mdKey *k, uint64_t *at, mdTable *tp) {
 static const mdEntry *mdEntryAt(dkshm *s, uint64_t v) {
     dkoff eo = mdSlotOff(v);
     return dkRangeOk(s, eo, MD_ENTRY_HDR) ? dkPtr(s, eo) : NULL;
+}
+
+/* The hash of the key of the entry slot word V names (under the lock).
+ * False if its key would lie outside the segment. */
+static bool mdEntryHash(dkshm *s, uint64_t v, uint64_t *h) {
+    const mdEntry *e = mdEntryAt(s, v);
+    if (!e)
+        return false;
+    uint64_t klen = mdKlen(e->lens);
+    if (!dkRangeOk(s, mdSlotOff(v), MD_ENTRY_HDR + mdR8(klen)))
+        return false;
+    *h = mdHash(mdKeyWords(e), klen);
+    return true;
 }
 
 static bool mdExpired(mdOp *op, const mdEntry *e) {
@@ -773,7 +814,7 @@ static int mdUnlinkAt(mdOp *op, uint64_t i, bool evict, bool expire) {
     const mdEntry *e = mdEntryAt(op->s, v);
     if (!e)
         return DKSHM_CORRUPT; /* nothing changed */
-    uint64_t size = mdEntrySize(e->klen, e->vlen);
+    uint64_t size = mdSizeOf(e);
     bool ttl = e->expire != 0;
     mdBegin(op);
     rc = mdInflightAdd(op, eo);
@@ -827,15 +868,14 @@ static int mdResize(mdOp *op, uint32_t log2) {
         if (v == MD_EMPTY || v == MD_TOMB)
             continue;
         uint64_t home = mdSlotTag(v);
-        const mdEntry *e = log2 > MD_TAG_BITS ? mdEntryAt(s, v) : NULL;
-        /* More entries than the count said, or one outside the segment:
+        /* More entries than the count said, or (when the tag is not
+         * enough and the key is hashed) a key outside the segment:
          * damage, and a probe for a free slot would never end. */
-        if (++placed > mask || (log2 > MD_TAG_BITS && !e)) {
+        if (++placed > mask ||
+            (log2 > MD_TAG_BITS && !mdEntryHash(s, v, &home))) {
             memboundFreeInflight(op->d->mb, nt);
             return DKSHM_CORRUPT;
         }
-        if (e) /* the tag is not enough: ask the entry */
-            home = e->hash;
         uint64_t j = home & mask;
         while (ns[j] != MD_EMPTY)
             j = (j + 1) & mask;
@@ -902,7 +942,8 @@ static int mdEvictOne(mdOp *op, uint64_t protect) {
             return DKSHM_CORRUPT;
         bool expired = mdExpired(op, e);
         if (!expired && bits) {
-            uint64_t b = (e->hash >> MD_TAG_BITS) & refMask;
+            /* The tag's low bits (as mdTouch): no entry to read. */
+            uint64_t b = mdSlotTag(v) & refMask;
             uint64_t bit = 1ull << (b & 63);
             if (__atomic_load_n(&bits[b / 64], __ATOMIC_RELAXED) & bit) {
                 /* A hint, not state: clearing it needs no log. */
@@ -974,11 +1015,8 @@ static void mdSweepSome(mdOp *op) {
 static void mdFillEntry(dkshm *s, dkoff off, const mdKey *k, const void *value,
                         uint64_t vlen, uint64_t expire) {
     mdEntry *e = dkPtr(s, off);
-    __atomic_store_n(&e->hash, k->h, __ATOMIC_RELAXED);
+    __atomic_store_n(&e->lens, mdLens(k->klen, vlen), __ATOMIC_RELAXED);
     __atomic_store_n(&e->expire, expire, __ATOMIC_RELAXED);
-    __atomic_store_n(&e->vlen, vlen, __ATOMIC_RELAXED);
-    __atomic_store_n(&e->klen, (uint32_t)k->klen, __ATOMIC_RELAXED);
-    __atomic_store_n(&e->flags, 0, __ATOMIC_RELAXED);
     mdPutWords((uint64_t *)(e + 1), k->key, k->klen);
     mdPutWords(mdValueWords(e, k->klen), value, vlen);
     DKSHM_CRASHPOINT();
@@ -1025,10 +1063,11 @@ static void mdLogRange(mdOp *op, uint64_t *w, const uint8_t *src,
 static void mdWriteInPlace(mdOp *op, mdEntry *e, const void *value,
                            uint64_t vlen, uint64_t expire) {
     mdBegin(op);
+    uint64_t klen = mdKlen(e->lens);
     if (vlen)
-        mdLogRange(op, mdValueWords(e, e->klen), value, vlen);
-    if (e->vlen != vlen)
-        dkUndoSet64(op->s, op->log, &e->vlen, vlen);
+        mdLogRange(op, mdValueWords(e, klen), value, vlen);
+    if (mdVlen(e->lens) != vlen)
+        dkUndoSet64(op->s, op->log, &e->lens, mdLens(klen, vlen));
     if (e->expire != expire) {
         if ((e->expire != 0) != (expire != 0))
             dkUndoSet64(op->s, op->log, &op->sh->ttlCount,
@@ -1064,17 +1103,17 @@ static int mdDecide(mdWrite *w, const mdEntry *e) {
     case MD_W_CAS:
         if (!e)
             return DKSHM_NOTFOUND;
-        if (e->vlen != w->expLen ||
-            !mdWordsEq(mdValueWords((mdEntry *)e, e->klen), w->expected,
-                       w->expLen))
+        if (mdVlen(e->lens) != w->expLen ||
+            !mdWordsEq(mdValueWords((mdEntry *)e, mdKlen(e->lens)),
+                       w->expected, w->expLen))
             return DKSHM_EXISTS;
         return DKSHM_OK;
     case MD_W_INCR: {
         int64_t cur = 0;
         if (e) {
-            if (e->vlen != 8)
+            if (mdVlen(e->lens) != 8)
                 return DKSHM_TYPE;
-            memcpy(&cur, mdValueWords((mdEntry *)e, e->klen), 8);
+            memcpy(&cur, mdValueWords((mdEntry *)e, mdKlen(e->lens)), 8);
         }
         if (__builtin_add_overflow(cur, w->delta, &w->result))
             return DKSHM_INVALID;
@@ -1092,7 +1131,8 @@ static int mdWriteOp(multidict *d, const mdKey *k, mdWrite *w) {
     if (d->readOnly)
         return DKSHM_READONLY;
     uint64_t need = mdEntrySize(k->klen, w->vlen);
-    if (w->vlen > d->s->size || (d->budget && need > d->budget))
+    if (w->vlen > d->s->size || w->vlen > MD_VLEN_MAX ||
+        (d->budget && need > d->budget))
         return DKSHM_TOOBIG;
     mdShard *sh = mdShardAt(d, mdShardOf(d, k->h));
     /* Big values never go in place: copy them in before taking the lock. */
@@ -1130,7 +1170,7 @@ static int mdWriteOp(multidict *d, const mdKey *k, mdWrite *w) {
     }
     need = mdEntrySize(k->klen, w->vlen);
     if (e && !fresh && w->vlen <= MD_INPLACE_MAX &&
-        mdR8(w->vlen) == mdR8(e->vlen)) {
+        mdR8(w->vlen) == mdR8(mdVlen(e->lens))) {
         if ((rc = mdRoom(&op, MD_INPLACE_MAX / 8 + 4)) != DKSHM_OK)
             goto out;
         if (expired)
@@ -1141,7 +1181,7 @@ static int mdWriteOp(multidict *d, const mdKey *k, mdWrite *w) {
     }
     /* A new entry: make room under the bound first (each eviction its own
      * commit), then the block, then a slot. */
-    uint64_t oldSize = e ? mdEntrySize(e->klen, e->vlen) : 0;
+    uint64_t oldSize = e ? mdSizeOf(e) : 0;
     uint64_t protect = found ? at : UINT64_MAX;
     while (d->budget && sh->bytes - oldSize + need > d->budget) {
         if ((rc = mdEvictOne(&op, protect)) != DKSHM_OK) {
@@ -1290,9 +1330,10 @@ static int mdProbe(multidict *d, mdShard *sh, const mdKey *k, uint32_t seq,
         if (!dkRangeOk(s, eo, MD_ENTRY_HDR))
             return MD_TORN;
         const mdEntry *e = dkPtr(s, eo);
-        if (mdLoad64(&e->hash) != k->h || mdLoad32(&e->klen) != k->klen)
+        uint64_t lens = mdLoad64(&e->lens);
+        if (mdKlen(lens) != k->klen)
             continue;
-        uint64_t vlen = mdLoad64(&e->vlen);
+        uint64_t vlen = mdVlen(lens);
         if (vlen > s->size ||
             !dkRangeOk(s, eo, MD_ENTRY_HDR + mdR8(k->klen) + mdR8(vlen)))
             return MD_TORN;
@@ -1323,7 +1364,8 @@ static void mdReclaimExpired(multidict *d, mdShard *sh, const mdKey *k) {
 static inline void mdTouch(multidict *d, mdShard *sh, uint64_t h) {
     if (!d->refLog2 || d->readOnly)
         return;
-    uint64_t b = (h >> MD_TAG_BITS) & ((1ull << d->refLog2) - 1);
+    /* The tag's low bits, as mdEvictOne reads them from the slot. */
+    uint64_t b = h & ((1ull << d->refLog2) - 1);
     uint64_t *word = &mdRefBits(mdColdOf(d, sh))[b / 64];
     uint64_t bit = 1ull << (b & 63);
     if (!(__atomic_load_n(word, __ATOMIC_RELAXED) & bit))
@@ -1441,12 +1483,13 @@ mdGetFast(multidict *d, const void *key, size_t klen, void *buf, size_t bufLen,
                              0))
             goto slow;
         const mdEntry *e = (const mdEntry *)(d->base + eo);
-        if (__builtin_expect(mdLoad32(&e->klen) != klen, 0))
+        uint64_t lens = mdLoad64(&e->lens);
+        if (__builtin_expect(mdKlen(lens) != klen, 0))
             continue;
         const uint8_t *ek = (const uint8_t *)(e + 1);
         if (small ? !mdEqSmall(ek, key, klen) : !mdEqRacy(ek, key, klen))
             continue;
-        uint64_t vl = mdLoad64(&e->vlen);
+        uint64_t vl = mdVlen(lens);
         const uint8_t *ev = ek + mdR8(klen);
         /* An expiry to look at, a value larger than the small path copies
          * or one that would end outside the segment (torn, or damage): the
@@ -1469,7 +1512,7 @@ mdGetFast(multidict *d, const void *key, size_t klen, void *buf, size_t bufLen,
         if (__builtin_expect(vl > bufLen, 0))
             return DKSHM_TOOBIG;
         if (__builtin_expect(d->refLog2 != 0, 0))
-            mdTouch(d, (mdShard *)sh, mdLoad64(&e->hash));
+            mdTouch(d, (mdShard *)sh, h);
         return DKSHM_OK;
     }
 slow:
@@ -1864,7 +1907,8 @@ static int mdCopyShard(multidict *d, mdShard *sh, uint32_t seq, mdBuf *b,
         if (!dkRangeOk(d->s, eo, MD_ENTRY_HDR))
             return MD_TORN;
         const mdEntry *e = dkPtr(d->s, eo);
-        uint64_t klen = mdLoad32(&e->klen), vlen = mdLoad64(&e->vlen);
+        uint64_t lens = mdLoad64(&e->lens);
+        uint64_t klen = mdKlen(lens), vlen = mdVlen(lens);
         uint64_t expire = mdLoad64(&e->expire);
         if (klen == 0 || klen > MULTIDICT_KEY_MAX || vlen > d->s->size ||
             !dkRangeOk(d->s, eo, mdEntrySize(klen, vlen)))
@@ -2170,7 +2214,8 @@ static int mdCheckShard(multidict *d, uint32_t idx, mdCheckCtx *c) {
             return mdFail(why, wl, "shard %u slot %llu: bad offset %#llx", idx,
                           (unsigned long long)i, (unsigned long long)eo);
         const mdEntry *e = dkPtr(s, eo);
-        uint64_t klen = mdLoad32(&e->klen), vlen = mdLoad64(&e->vlen);
+        uint64_t lens = mdLoad64(&e->lens);
+        uint64_t klen = mdKlen(lens), vlen = mdVlen(lens);
         if (klen == 0 || klen > MULTIDICT_KEY_MAX || vlen > s->size ||
             !dkRangeOk(s, eo, mdEntrySize(klen, vlen)))
             return mdFail(why, wl,
@@ -2184,9 +2229,6 @@ static int mdCheckShard(multidict *d, uint32_t idx, mdCheckCtx *c) {
         mdGetWords(key, mdKeyWords(e), klen);
         uint64_t h = mdHash(key, klen);
         free(key);
-        if (h != mdLoad64(&e->hash))
-            return mdFail(why, wl, "shard %u slot %llu: hash mismatch", idx,
-                          (unsigned long long)i);
         if (mdShardOf(d, h) != idx)
             return mdFail(why, wl, "shard %u slot %llu: key of shard %u", idx,
                           (unsigned long long)i, mdShardOf(d, h));
@@ -2206,7 +2248,7 @@ static int mdCheckShard(multidict *d, uint32_t idx, mdCheckCtx *c) {
                 dkoff fo = mdSlotOff(u);
                 const mdEntry *f = dkPtr(s, fo);
                 if (dkRangeOk(s, fo, mdEntrySize(klen, 0)) &&
-                    mdLoad64(&f->hash) == h && mdLoad32(&f->klen) == klen) {
+                    mdKlen(mdLoad64(&f->lens)) == klen) {
                     uint8_t *a = malloc(mdR8(klen));
                     if (!a)
                         return DKSHM_FULL;
@@ -2353,8 +2395,8 @@ int multidictForEachBlock(multidict *d, multidictBlockFn fn, void *ctx) {
                     break;
                 }
                 const mdEntry *e = dkPtr(d->s, eo);
-                rc = fn(ctx, eo,
-                        mdEntrySize(mdLoad32(&e->klen), mdLoad64(&e->vlen)),
+                uint64_t lens = mdLoad64(&e->lens);
+                rc = fn(ctx, eo, mdEntrySize(mdKlen(lens), mdVlen(lens)),
                         MULTIDICT_BLOCK_ENTRY);
             }
         }

@@ -467,7 +467,7 @@ START_TEST(test_stats) {
     }
     st = stats(d);
     ck_assert_uint_eq(st.count, 1000);
-    ck_assert_uint_gt(st.bytes, 1000 * (32 + 64));
+    ck_assert_uint_gt(st.bytes, 1000 * (16 + 64)); /* header + value */
     ck_assert_uint_ge(st.slots * 3, (st.count + st.tombstones) * 4);
     ck_assert_uint_gt(st.resizes, 0);
     ck_assert_uint_le(st.minShardCount, st.maxShardCount);
@@ -715,7 +715,8 @@ START_TEST(test_full_segment) {
     size_t kl = keyOf(k, "k", (uint64_t)i);
     ck_assert_int_eq(multidictSet(d, k, kl, v, sizeof v), DKSHM_FULL);
     ck_assert_int_eq(multidictAdd(d, k, kl, v, sizeof v), DKSHM_FULL);
-    uint8_t bigger[3000] = {1};
+    /* Larger than any block a failed 1 KiB slab can have left free. */
+    uint8_t bigger[20000] = {1};
     ck_assert_int_eq(multidictSet(d, "k0", 2, bigger, sizeof bigger),
                      DKSHM_FULL);
     ck_assert_uint_eq(memboundBytesUsed(mb), used);
@@ -728,12 +729,22 @@ START_TEST(test_full_segment) {
     fillValue(v, sizeof v, 0);
     ck_assert_int_eq(multidictGet(d, "k0", 2, out, sizeof out, &len), DKSHM_OK);
     ck_assert(memcmp(out, v, sizeof v) == 0);
+    /* Take what the failed 1 KiB slab left free (smaller blocks), so
+     * that no new block of any size fits. */
+    static void *fill[4096];
+    int nFill = 0;
+    for (size_t sz = 16384; sz >= 16; sz /= 2)
+        while (nFill < 4096 && (fill[nFill] = memboundAlloc(mb, sz)))
+            nFill++;
+    ck_assert_int_lt(nFill, 4096);
     /* A value too big to be rewritten in place needs room for its new
-     * copy; small ones are rewritten in place even now. */
+     * copy, as does one of another padded length. */
     ck_assert_int_eq(multidictSet(d, "k0", 2, v, sizeof v), DKSHM_FULL);
     ck_assert_int_eq(multidictSet(d, "k2", 2, v, 100), DKSHM_FULL);
     int64_t r;
     ck_assert_int_eq(multidictIncr(d, "k3", 2, 1, &r), DKSHM_TYPE);
+    while (nFill > 0)
+        memboundFree(mb, fill[--nFill]);
     ck_assert_int_eq(multidictDelete(d, "k1", 2), DKSHM_OK);
     ck_assert_int_eq(multidictSet(d, "k0", 2, v, sizeof v), DKSHM_OK);
     ck_assert_int_eq(multidictSet(d, k, kl, v, sizeof v), DKSHM_OK);
@@ -1648,9 +1659,9 @@ static int stateEvict(walk *w) {
 }
 
 START_TEST(test_crash_evict) {
-    /* 40 entries of 240 bytes fill 9600 of 9700 bytes: one more evicts. */
+    /* 40 entries of 224 bytes fill 8960 of 9100 bytes: one more evicts. */
     walk w = {.name = "Evict",
-              .x = openDict("evict", 1, 9700),
+              .x = openDict("evict", 1, 9100),
               .op = opEvict,
               .prepare = prepEvict,
               .state = stateEvict};
@@ -2226,9 +2237,10 @@ START_TEST(test_damage_entry_length) {
     dkoff eo = 0;
     ck_assert_int_eq(multidictForEachBlock(x, collectEntry, &eo), DKSHM_OK);
     ck_assert(eo != 0);
-    uint64_t *vlen = (uint64_t *)((uint8_t *)dkshmPtr(seg, eo) + 16);
-    ck_assert_uint_eq(*vlen, 8);
-    *vlen = 1ull << 40;
+    /* The entry's first word: value length << 17 | key length. */
+    uint64_t *lens = (uint64_t *)dkshmPtr(seg, eo);
+    ck_assert_uint_eq(*lens, 8ull << 17 | 1);
+    *lens = 1ull << 40 << 17 | 1;
     int64_t r;
     ck_assert_int_eq(multidictIncr(x, "k", 1, 1, &r), DKSHM_CORRUPT);
     ck_assert_int_eq(multidictCompareAndSet(x, "k", 1, "12345678", 8, "w", 1),
@@ -2255,7 +2267,7 @@ START_TEST(test_damage_entry_length) {
     assertCorrupt(y, "bad lengths");
     multidictClose(y);
     dkshmDetach(ro);
-    *vlen = 8;
+    *lens = 8ull << 17 | 1;
     assertValue(x, "k", "12345678");
     assertCheckDict(x);
     multidictClose(x);

@@ -51,11 +51,16 @@
  * header with acquire loads, compares the key and copies the value out
  * (see mdCopyRacy: memcpy and an acquire fence, or 8-byte acquire loads
  * under ThreadSanitizer), and accepts only if seq has not moved. The
- * common case is one inlined pass (mdGetFast: for keys up to 32 bytes and
- * values up to 64 a leaf without calls, about 185 instructions with the
- * hash by callgrind; a get waits on two dependent DRAM misses, the slot and
- * then the entry, which take about 85% of its perf samples); anything
- * unusual goes to the full protocol (mdGetSlow). A reader may see a
+ * common case is one pass without calls: for keys up to 32 bytes and
+ * values up to 64 multidictGetView_ (multidictInline.h), which callers
+ * compile into their own code when the key length is a constant (a get
+ * waits on two dependent DRAM misses, the slot and then the entry, and how
+ * many gets' misses the CPU overlaps depends on the instructions between
+ * them: inlined, gets run at about 1.0x an unshared in-process table's,
+ * called about 0.65x), and mdGetAny for other sizes, caches and
+ * ThreadSanitizer builds; anything unusual goes to the full protocol
+ * (mdGetSlow). The inline path reads the handle's multidictView_, whose
+ * abi word lets a library with another layout turn it off. A reader may see a
  * half-changed or freed table or entry before its validation fails, so every
  * offset it follows is bounds-checked (dkRangeOk) and every loop is bounded; a
  * torn read costs a retry, never a fault. Freed blocks stay mapped, so freeing
@@ -225,11 +230,34 @@ typedef struct mdEntry { /* in the segment: the head of an entry block */
     /* key, padded to 8; value, padded to 8 */
 } mdEntry;
 _Static_assert(sizeof(mdEntry) == MD_ENTRY_HDR, "mdEntry size");
+
+/* multidictInline.h reads these formats with its own constants. */
+_Static_assert(MD_SHARD_BYTES == MULTIDICT_SHARD_LINE_ &&
+                   offsetof(mdShard, seq) == 0 &&
+                   offsetof(mdShard, clearing) == 4 &&
+                   offsetof(mdShard, table) == 8,
+               "inline view: shard line");
+_Static_assert(MD_TABLE_OFF_MASK == MULTIDICT_TABLE_OFF_MASK_ &&
+                   MD_TAG_BITS == MULTIDICT_TAG_BITS_ &&
+                   MD_OFF_BITS == MULTIDICT_OFF_BITS_ && MD_EMPTY == 0 &&
+                   MD_TOMB == 1,
+               "inline view: table and slots");
+_Static_assert(MD_ENTRY_HDR == MULTIDICT_ENTRY_HDR_ &&
+                   MD_KLEN_BITS == MULTIDICT_KLEN_BITS_ &&
+                   offsetof(mdEntry, lens) == 0 &&
+                   offsetof(mdEntry, expire) == 8,
+               "inline view: entry");
+_Static_assert(MULTIDICT_MISS_ > 0 && MULTIDICT_MISS_ != MD_TORN,
+               "inline view: MISS is no error code");
 _Static_assert(MULTIDICT_KEY_MAX <= MD_KLEN_MASK, "key length field");
 _Static_assert(MD_VLEN_MAX >= (1ull << (MD_OFF_BITS + 4)),
                "value length field smaller than the largest segment");
 
 struct multidict { /* per process */
+    /* First: what multidictInline.h's fast path reads (a copy of the
+     * fields below, in the layout of MULTIDICT_VIEW_ABI_), compiled into
+     * callers and into multidictGet. */
+    multidictView_ v;
     /* What a get needs, in one line: no chain of loads to the table. */
     uint8_t *base;   /* the segment's mapping (fixed for S's life) */
     uint64_t size;   /* its size */
@@ -418,52 +446,6 @@ static bool mdWordsEq(const uint64_t *src, const void *b, uint64_t n) {
 #endif
 #endif
 
-typedef uint64_t mdV16 __attribute__((vector_size(16)));
-
-/* Copy N <= 64 bytes with overlapping moves, no call (only [0, n) of DST
- * is written). */
-static inline void mdCopySmall(uint8_t *d, const uint8_t *p, uint64_t n) {
-#ifdef MD_WORD_READS
-    mdGetWords(d, (const uint64_t *)p, n);
-#else
-    /* Vector registers, not byte arrays: arrays go through the stack. */
-    if (n > 32) {
-        mdV16 a0, a1, b0, b1;
-        __builtin_memcpy(&a0, p, 16);
-        __builtin_memcpy(&a1, p + 16, 16);
-        __builtin_memcpy(&b0, p + n - 32, 16);
-        __builtin_memcpy(&b1, p + n - 16, 16);
-        __builtin_memcpy(d, &a0, 16);
-        __builtin_memcpy(d + 16, &a1, 16);
-        __builtin_memcpy(d + n - 32, &b0, 16);
-        __builtin_memcpy(d + n - 16, &b1, 16);
-    } else if (n > 16) {
-        mdV16 a, b;
-        __builtin_memcpy(&a, p, 16);
-        __builtin_memcpy(&b, p + n - 16, 16);
-        __builtin_memcpy(d, &a, 16);
-        __builtin_memcpy(d + n - 16, &b, 16);
-    } else if (n >= 8) {
-        uint64_t a, b;
-        __builtin_memcpy(&a, p, 8);
-        __builtin_memcpy(&b, p + n - 8, 8);
-        __builtin_memcpy(d, &a, 8);
-        __builtin_memcpy(d + n - 8, &b, 8);
-    } else if (n >= 4) {
-        uint32_t a, b;
-        __builtin_memcpy(&a, p, 4);
-        __builtin_memcpy(&b, p + n - 4, 4);
-        __builtin_memcpy(d, &a, 4);
-        __builtin_memcpy(d + n - 4, &b, 4);
-    } else if (n) {
-        uint8_t a = p[0], b = p[n / 2], c = p[n - 1];
-        d[0] = a;
-        d[n / 2] = b;
-        d[n - 1] = c;
-    }
-#endif
-}
-
 static inline void mdCopyRacy(void *dst, const void *src, uint64_t n) {
 #ifdef MD_WORD_READS
     mdGetWords(dst, src, n);
@@ -471,7 +453,7 @@ static inline void mdCopyRacy(void *dst, const void *src, uint64_t n) {
     if (n > 64)
         memcpy(dst, src, n);
     else
-        mdCopySmall(dst, src, n);
+        multidictCopy64_(dst, src, n);
 #endif
 }
 
@@ -1372,87 +1354,29 @@ static inline void mdTouch(multidict *d, mdShard *sh, uint64_t h) {
         __atomic_fetch_or(word, bit, __ATOMIC_RELAXED);
 }
 
-/* Whether the N <= 32 bytes at SRC equal B, with overlapping loads and no
- * call. */
-static inline bool mdEqSmall(const uint8_t *src, const uint8_t *b, uint64_t n) {
-#ifdef MD_WORD_READS
-    return mdWordsEq((const uint64_t *)src, b, n);
-#else
-    /* 8-byte loads, not 16: the caller has usually just written its key
-     * with 8-byte stores, and a load wider than the store it reads from
-     * cannot be forwarded from the store buffer: it waits until those
-     * stores reach the cache, i.e. until the previous get has retired. */
-    if (n >= 16) {
-        uint64_t a0, a1, a2, a3, b0, b1, b2, b3;
-        __builtin_memcpy(&a0, src, 8);
-        __builtin_memcpy(&a1, src + 8, 8);
-        __builtin_memcpy(&a2, src + n - 16, 8);
-        __builtin_memcpy(&a3, src + n - 8, 8);
-        __builtin_memcpy(&b0, b, 8);
-        __builtin_memcpy(&b1, b + 8, 8);
-        __builtin_memcpy(&b2, b + n - 16, 8);
-        __builtin_memcpy(&b3, b + n - 8, 8);
-        return ((a0 ^ b0) | (a1 ^ b1) | (a2 ^ b2) | (a3 ^ b3)) == 0;
-    }
-    if (n >= 8) {
-        uint64_t a0, a1, b0, b1;
-        __builtin_memcpy(&a0, src, 8);
-        __builtin_memcpy(&a1, src + n - 8, 8);
-        __builtin_memcpy(&b0, b, 8);
-        __builtin_memcpy(&b1, b + n - 8, 8);
-        return ((a0 ^ b0) | (a1 ^ b1)) == 0;
-    }
-    if (n >= 4) {
-        uint32_t a0, a1, b0, b1;
-        __builtin_memcpy(&a0, src, 4);
-        __builtin_memcpy(&a1, src + n - 4, 4);
-        __builtin_memcpy(&b0, b, 4);
-        __builtin_memcpy(&b1, b + n - 4, 4);
-        return ((a0 ^ b0) | (a1 ^ b1)) == 0;
-    }
-    return src[0] == b[0] && src[n / 2] == b[n / 2] && src[n - 1] == b[n - 1];
-#endif
-}
-
-/* Keys and values up to these sizes take the get path without calls. */
-#define MD_SMALL_KEY 32u
-#define MD_SMALL_VALUE 64u
-
 static int mdGetSlow(multidict *d, const void *key, size_t klen, void *buf,
                      size_t bufLen, size_t *vlen) __attribute__((noinline));
-static int mdGetAny(multidict *d, const void *key, size_t klen, void *buf,
-                    size_t bufLen, size_t *vlen) __attribute__((noinline));
 
-/* The get of the common case, in one pass: a shard nobody is writing, the
- * key found (or not) within 64 slots, no expiry on the entry. Anything
- * else, and any doubt, goes to the full protocol (mdGetSlow, a tail call
- * with the same arguments). Instantiated twice: SMALL (keys up to
- * MD_SMALL_KEY, values up to MD_SMALL_VALUE bytes: a leaf without calls or
- * a stack frame, inlined into multidictGet) and any size (mdGetAny, with
- * memcmp/memcpy). With a DRAM miss for the slot and one for the entry,
- * what limits gets is how many of them the CPU overlaps; the path is kept
- * short (about 185 instructions for a 16-byte key and a 64-byte value,
- * the hash included) and its values in registers. Each racy read is
- * bounds-checked before it is followed, and validated by the seq word before it
- * is returned. The entry's hash is not compared: the slot's tag, the key length
- * and the key decide (a tag collision costs a key compare, nothing more). A
- * cache's CLOCK bit is set here too. */
-static inline __attribute__((always_inline)) int
-mdGetFast(multidict *d, const void *key, size_t klen, void *buf, size_t bufLen,
-          size_t *vlen, const bool small) {
+/* The get of any size, in one pass, for what the small fast path
+ * (multidictGetView_ in multidictInline.h, also compiled into callers)
+ * does not take: keys over MULTIDICT_INLINE_KEY_ or values over
+ * MULTIDICT_INLINE_VALUE_ bytes, a cache (its CLOCK bit is set here), and
+ * every get under ThreadSanitizer. The same protocol: a shard nobody is
+ * writing, the key found (or not) within 64 slots, no expiry on the entry;
+ * anything else, and any doubt, goes to the full protocol (mdGetSlow, a
+ * tail call with the same arguments). Each racy read is bounds-checked
+ * before it is followed, and validated by the seq word before it is
+ * returned. The entry's tag, key length and key decide. */
+static __attribute__((noinline)) int mdGetAny(multidict *d, const void *key,
+                                              size_t klen, void *buf,
+                                              size_t bufLen, size_t *vlen) {
     uint64_t h = mdHash(key, klen);
     const mdShard *sh = d->shards + mdShardOf(d, h);
     uint32_t seq = __atomic_load_n(&sh->seq, __ATOMIC_ACQUIRE);
     uint64_t word = mdLoad64(&sh->table);
-    /* Separate predictable branches: each a single fused compare-and-jump,
-     * cheaper than OR-ing the conditions. */
-    if (__builtin_expect(seq & 1, 0))
-        goto slow;
-    if (__builtin_expect(mdLoad32(&sh->clearing) != 0, 0))
-        goto slow;
-    if (__builtin_expect(word == 0, 0))
-        goto slow;
-    if (__builtin_expect(word & 7, 0)) /* damage: slots are 8-byte words */
+    if (__builtin_expect((seq & 1) || mdLoad32(&sh->clearing) != 0 ||
+                             word == 0 || (word & 7),
+                         0))
         goto slow;
     /* The slot count and the range check come from the same (masked)
      * log2, so a damaged word can only shrink what is probed. */
@@ -1470,48 +1394,35 @@ mdGetFast(multidict *d, const void *key, size_t klen, void *buf, size_t bufLen,
                 goto slow;
             return DKSHM_NOTFOUND;
         }
-        if ((v & ~MD_OFF_MASK) != tag)
-            continue;
-        if (__builtin_expect(v == MD_TOMB, 0)) /* tag 0 */
+        if ((v & ~MD_OFF_MASK) != tag || v == MD_TOMB)
             continue;
         dkoff eo = mdSlotOff(v);
-        /* The header and up to MD_SMALL_KEY (small) or KLEN key bytes
-         * lie inside the segment. */
-        if (__builtin_expect(eo + MD_ENTRY_HDR +
-                                     (small ? MD_SMALL_KEY : mdR8(klen)) >
-                                 d->size,
-                             0))
+        /* The header and the key lie inside the segment. */
+        if (__builtin_expect(eo + MD_ENTRY_HDR + mdR8(klen) > d->size, 0))
             goto slow;
         const mdEntry *e = (const mdEntry *)(d->base + eo);
         uint64_t lens = mdLoad64(&e->lens);
         if (__builtin_expect(mdKlen(lens) != klen, 0))
             continue;
         const uint8_t *ek = (const uint8_t *)(e + 1);
-        if (small ? !mdEqSmall(ek, key, klen) : !mdEqRacy(ek, key, klen))
+        if (!mdEqRacy(ek, key, klen))
             continue;
         uint64_t vl = mdVlen(lens);
         const uint8_t *ev = ek + mdR8(klen);
-        /* An expiry to look at, a value larger than the small path copies
-         * or one that would end outside the segment (torn, or damage): the
-         * full protocol. */
+        /* An expiry to look at, or a value that would end outside the
+         * segment (torn, or damage): the full protocol. */
         if (__builtin_expect(mdLoad64(&e->expire) != 0, 0))
             goto slow;
-        if (small && __builtin_expect(vl > MD_SMALL_VALUE, 0))
-            return mdGetAny(d, key, klen, buf, bufLen, vlen);
         if (__builtin_expect(vl > d->size - (uint64_t)(ev - d->base), 0))
             goto slow;
-        if (__builtin_expect(vl <= bufLen, 1)) {
-            if (small)
-                mdCopySmall(buf, ev, vl);
-            else
-                mdCopyRacy(buf, ev, vl);
-        }
+        if (__builtin_expect(vl <= bufLen, 1))
+            mdCopyRacy(buf, ev, vl);
         if (mdSeqMoved(&sh->seq, seq))
             goto slow;
         *vlen = (size_t)vl;
         if (__builtin_expect(vl > bufLen, 0))
             return DKSHM_TOOBIG;
-        if (__builtin_expect(d->refLog2 != 0, 0))
+        if (d->refLog2 != 0)
             mdTouch(d, (mdShard *)sh, h);
         return DKSHM_OK;
     }
@@ -1519,29 +1430,21 @@ slow:
     return mdGetSlow(d, key, klen, buf, bufLen, vlen);
 }
 
-static int mdGetAny(multidict *d, const void *key, size_t klen, void *buf,
-                    size_t bufLen, size_t *vlen) {
-    return mdGetFast(d, key, klen, buf, bufLen, vlen, false);
-}
-
-/* flatten: XXH3 inlined, and specialised for keys of at most
- * MD_SMALL_KEY bytes. Each argument check is its own predictable branch. */
+/* The library's multidictGet: the small fast path that callers compile in
+ * (it counts its own reads), then the rest. flatten: XXH3 inlined. */
 __attribute__((flatten)) DKSHM_API int
 multidictGet(multidict *d, const void *key, size_t klen, void *buf,
              size_t bufLen, size_t *vlen) {
-    if (__builtin_expect(klen - 1 >= MD_SMALL_KEY, 0))
-        goto other;
-    if (__builtin_expect(!d, 0))
-        goto other;
-    if (__builtin_expect(!key, 0))
-        goto other;
-    if (__builtin_expect(!vlen, 0))
-        goto other;
-    if (__builtin_expect(!buf, 0) && bufLen)
-        goto other;
-    dkCount(d->s, DKSHM_CTR_READS, 1);
-    return mdGetFast(d, key, klen, buf, bufLen, vlen, true);
-other:
+#ifndef MD_WORD_READS
+    /* Each argument check its own predictable branch. */
+    if (__builtin_expect(klen - 1 < MULTIDICT_INLINE_KEY_, 1) &&
+        __builtin_expect(d != NULL, 1) && __builtin_expect(key != NULL, 1) &&
+        __builtin_expect(vlen != NULL, 1) && (buf || !bufLen)) {
+        int rc = multidictGetView_(&d->v, key, klen, buf, bufLen, vlen);
+        if (__builtin_expect(rc != MULTIDICT_MISS_, 1))
+            return rc;
+    }
+#endif
     if (!d || !key || !vlen || klen - 1 >= MULTIDICT_KEY_MAX ||
         (!buf && bufLen))
         return mdGetSlow(d, key, klen, buf, bufLen, vlen); /* errors */
@@ -2037,6 +1940,18 @@ static int mdAdopt(multidict *d, dkshm *s, dkoff off) {
     if (copy.maxBytes && d->budget == 0)
         d->budget = 1;
     d->readOnly = dkshmReadOnly(s);
+    /* A cache's gets set CLOCK bits: the inline path leaves them to the
+     * library (abi 0 sends every get there). */
+    d->v = (multidictView_){
+        .abi = copy.maxBytes ? 0 : MULTIDICT_VIEW_ABI_,
+        .shardBits = d->shardBits,
+        .base = d->base,
+        .size = d->size,
+        .shards = (const uint8_t *)d->shards,
+        .forkGenNow = &dkForkGeneration,
+        .forkGen = &s->forkGen,
+        .counters = &s->counters,
+    };
     return DKSHM_OK;
 }
 

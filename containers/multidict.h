@@ -207,4 +207,8 @@ DKSHM_API int multidictCheck(multidict *d, char *why, size_t whyLen);
 #ifdef __cplusplus
 }
 #endif
+
+/* multidictGet's fast path, compiled into callers where it can be. */
+#include "multidictInline.h"
+
 #endif

@@ -5,6 +5,12 @@
  * of existing keys in 1 process, side by side with two unshared, unlocked
  * in-process open-addressing hash tables doing the same work:
  *
+ *   multidict     multidictGet as a program gets it: with a constant key
+ *                 length its fast path is compiled into the loop
+ *                 (multidictInline.h)
+ *   multidict, called  (multidictGet), the library's function, as a
+ *                 program gets it for keys of varying length or built
+ *                 with DKSHM_NO_INLINE
  *   baseline      slots of {hash, pointer} to malloc'd entries holding the
  *                 key and value lengths and bytes: the same shape as
  *                 multidict (variable-length keys and values, one table
@@ -82,8 +88,8 @@ static const char extraUsage[] =
     "  --vlen N        value bytes (default 64)\n"
     "  --shards N      multidict shards (default: the library default)\n"
     "  --only V:OP     profiling: preload, then run only variant V (dict,\n"
-    "                  base, basecall, inline, shmbase) doing OP (get,\n"
-    "                  set) for --seconds\n";
+    "                  dictcall, base, basecall, inline, shmbase) doing OP\n"
+    "                  (get, set) for --seconds\n";
 
 /* ---- keys and values ---------------------------------------------------- */
 
@@ -245,7 +251,7 @@ static inlineSlot *inlineFind(inlineTable *t, const uint64_t key[2],
 
 /* ---- measured loops ----------------------------------------------------- */
 
-enum { V_DICT, V_BASE, V_BASECALL, V_INLINE, V_SHMBASE, V_COUNT };
+enum { V_DICT, V_DICTCALL, V_BASE, V_BASECALL, V_INLINE, V_SHMBASE, V_COUNT };
 
 typedef struct runCtx { /* per process; forked workers inherit it */
     int variant;
@@ -278,7 +284,7 @@ static uint64_t runLoop(runCtx *c, uint64_t seed, uint64_t deadlineNs) {
             int rc = DKSHM_OK;
             if (c->set) {
                 makeValue(i, gen + n, buf, c->vlen); /* a new value each time */
-                if (c->variant == V_DICT)
+                if (c->variant == V_DICT || c->variant == V_DICTCALL)
                     rc = multidictSet(c->d, key, 16, buf, c->vlen);
                 else if (c->variant == V_BASECALL)
                     rc = baseSetCall(c->base, key, 16, buf, c->vlen);
@@ -292,6 +298,8 @@ static uint64_t runLoop(runCtx *c, uint64_t seed, uint64_t deadlineNs) {
             } else {
                 if (c->variant == V_DICT)
                     rc = multidictGet(c->d, key, 16, buf, sizeof buf, &len);
+                else if (c->variant == V_DICTCALL)
+                    rc = (multidictGet)(c->d, key, 16, buf, sizeof buf, &len);
                 else if (c->variant == V_BASECALL)
                     rc = baseGetCall(c->base, key, 16, buf, sizeof buf, &len);
                 else if (c->variant == V_BASE || c->variant == V_SHMBASE)
@@ -455,7 +463,7 @@ int main(int argc, char **argv) {
     uint64_t key[2];
     double preload[V_COUNT];
     for (int v = 0; v < V_COUNT; v++) {
-        if (v == V_BASECALL) { /* the baseline's table, loaded once */
+        if (v == V_BASECALL || v == V_DICTCALL) { /* loaded once */
             preload[v] = NAN;
             continue;
         }
@@ -492,8 +500,9 @@ int main(int argc, char **argv) {
              (unsigned long long)st.resizes);
     benchReportNote(&r, note);
 
-    const char *cols[V_COUNT] = {"multidict", "baseline", "baseline, called",
-                                 "inline", "shm baseline"};
+    const char *cols[V_COUNT] = {"multidict",        "multidict, called",
+                                 "baseline",         "baseline, called",
+                                 "inline",           "shm baseline"};
     benchTable(&r, V_COUNT, cols);
     benchTableRow(&r, "preload (insert new keys)", "ops/s", preload);
 
@@ -505,8 +514,9 @@ int main(int argc, char **argv) {
                 .inl = &inl,
                 .seconds = o.seconds};
     if (b.only) {
-        static const char *names[V_COUNT] = {"dict", "base", "basecall",
-                                             "inline", "shmbase"};
+        static const char *names[V_COUNT] = {"dict",     "dictcall",
+                                             "base",     "basecall",
+                                             "inline",   "shmbase"};
         size_t len = strcspn(b.only, ":");
         for (int v = 0; v < V_COUNT; v++)
             if (strlen(names[v]) == len && !strncmp(b.only, names[v], len))
@@ -547,6 +557,9 @@ int main(int argc, char **argv) {
     }
     double getVsBase = pairedRatio(runs[0], V_DICT, V_BASE, o.repeat);
     double getVsCall = pairedRatio(runs[0], V_DICT, V_BASECALL, o.repeat);
+    double calledVsBase = pairedRatio(runs[0], V_DICTCALL, V_BASE, o.repeat);
+    double calledVsCall =
+        pairedRatio(runs[0], V_DICTCALL, V_BASECALL, o.repeat);
     double setVsCall = pairedRatio(runs[2], V_DICT, V_BASECALL, o.repeat);
     double callVsBase = pairedRatio(runs[0], V_BASECALL, V_BASE, o.repeat);
     double getVsInline = pairedRatio(runs[0], V_DICT, V_INLINE, o.repeat);
@@ -598,6 +611,10 @@ int main(int argc, char **argv) {
     benchRow(&r, "multidict get / baseline get", getVsBase,
              "x (target >= 0.7)");
     benchRow(&r, "multidict get / baseline, called get", getVsCall, "x");
+    benchRow(&r, "multidict, called get / baseline get", calledVsBase,
+             "x (the library call)");
+    benchRow(&r, "multidict, called get / baseline, called get",
+             calledVsCall, "x");
     benchRow(&r, "baseline, called get / baseline get", callVsBase,
              "x (the call's share)");
     benchRow(&r, "multidict get / inline get", getVsInline, "x");

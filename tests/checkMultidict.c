@@ -233,6 +233,156 @@ START_TEST(test_get_fast_path_sizes) {
 }
 END_TEST
 
+/* ---- the inline get (multidictInline.h) ------------------------------- */
+
+/* This process's count of DKSHM_CTR_READS; false if it is not registered. */
+static bool readsCounter(uint64_t *out) {
+    dkshmProcInfo info[16];
+    size_t n = 0;
+    if (dkshmProcList(seg, info, 16, &n) != DKSHM_OK)
+        return false;
+    for (size_t i = 0; i < n && i < 16; i++)
+        if (info[i].pid == (uint32_t)getpid()) {
+            *out = info[i].counters[DKSHM_CTR_READS];
+            return true;
+        }
+    return false;
+}
+
+/* multidictGet with the key length KL as a compile-time constant at each
+ * call site, as the inline path needs (1..33: 33 is past what it takes). */
+#define GET_CONST(N)                                                           \
+    case N:                                                                    \
+        return multidictGet(x, k, N, out, cap, got);
+static int getConst(multidict *x, const uint8_t *k, size_t kl, uint8_t *out,
+                    size_t cap, size_t *got) {
+    switch (kl) {
+        GET_CONST(1) GET_CONST(2) GET_CONST(3) GET_CONST(4) GET_CONST(5)
+        GET_CONST(6) GET_CONST(7) GET_CONST(8) GET_CONST(9) GET_CONST(10)
+        GET_CONST(11) GET_CONST(12) GET_CONST(13) GET_CONST(14) GET_CONST(15)
+        GET_CONST(16) GET_CONST(17) GET_CONST(18) GET_CONST(19) GET_CONST(20)
+        GET_CONST(21) GET_CONST(22) GET_CONST(23) GET_CONST(24) GET_CONST(25)
+        GET_CONST(26) GET_CONST(27) GET_CONST(28) GET_CONST(29) GET_CONST(30)
+        GET_CONST(31) GET_CONST(32) GET_CONST(33)
+    }
+    return -1000;
+}
+#undef GET_CONST
+
+/* Every key length the inline path takes (and one past), values around its
+ * 64-byte limit: the same results, bytes and lengths as the library's
+ * function, (multidictGet), for present, absent and too-small buffers;
+ * and again with the handle's view turned off (a library of another
+ * layout), which sends every get to the library. Each get is counted
+ * once. */
+static void checkInlineGets(multidict *x) {
+    uint8_t k[40], v[100], out[120], out2[120];
+    for (size_t kl = 1; kl <= 33; kl++) {
+        for (size_t vl = 0; vl <= 66; vl += (vl < 30 ? 7 : 1)) {
+            memset(k, 'i', kl);
+            k[kl - 1] = (uint8_t)vl;
+            fillValue(v, vl, kl * 1000 + vl);
+            uint64_t r0 = 0, r1 = 0;
+            ck_assert(readsCounter(&r0));
+            size_t got = 9999, got2 = 9999;
+            memset(out, 0xee, sizeof out);
+            ck_assert_int_eq(getConst(x, k, kl, out, vl, &got), DKSHM_OK);
+            ck_assert_uint_eq(got, vl);
+            ck_assert(memcmp(out, v, vl) == 0);
+            ck_assert_uint_eq(out[vl], 0xee); /* nothing past the value */
+            ck_assert(readsCounter(&r1));
+            ck_assert_uint_eq(r1, r0 + 1);
+            if (vl) {
+                memset(out, 0xee, sizeof out);
+                ck_assert_int_eq(getConst(x, k, kl, out, vl - 1, &got),
+                                 DKSHM_TOOBIG);
+                ck_assert_int_eq((multidictGet)(x, k, kl, out2, vl - 1, &got2),
+                                 DKSHM_TOOBIG);
+                ck_assert_uint_eq(got, vl);
+                ck_assert_uint_eq(got2, vl);
+                ck_assert_uint_eq(out[0], 0xee);
+                ck_assert_int_eq(getConst(x, k, kl, NULL, 0, &got),
+                                 DKSHM_TOOBIG);
+                ck_assert_uint_eq(got, vl);
+            }
+            k[kl - 1] = 250; /* absent */
+            ck_assert_int_eq(getConst(x, k, kl, out, sizeof out, &got),
+                             DKSHM_NOTFOUND);
+            ck_assert_int_eq(getConst(x, k, kl, NULL, 5, &got),
+                             DKSHM_INVALID);
+            ck_assert_int_eq(getConst(x, NULL, kl, out, sizeof out, &got),
+                             DKSHM_INVALID);
+            ck_assert_int_eq(getConst(x, k, kl, out, sizeof out, NULL),
+                             DKSHM_INVALID);
+        }
+    }
+}
+
+START_TEST(test_get_inline) {
+#if defined(__OPTIMIZE__) && !defined(__SANITIZE_THREAD__)
+    /* This build compiles the inline path into the calls above (the
+     * optimised, non-TSan builds make check runs); else they are calls. */
+    ck_assert(MULTIDICT_INLINE_OK_ == 1);
+#endif
+    uint8_t k[40], v[100];
+    for (size_t kl = 1; kl <= 33; kl++) {
+        for (size_t vl = 0; vl <= 66; vl += (vl < 30 ? 7 : 1)) {
+            memset(k, 'i', kl);
+            k[kl - 1] = (uint8_t)vl;
+            fillValue(v, vl, kl * 1000 + vl);
+            ck_assert_int_eq(multidictSet(d, k, kl, v, vl), DKSHM_OK);
+        }
+    }
+    checkInlineGets(d);
+    multidictView_ *view = (multidictView_ *)(void *)d;
+    ck_assert_uint_eq(view->abi, MULTIDICT_VIEW_ABI_);
+    view->abi = MULTIDICT_VIEW_ABI_ + 1; /* as a newer library would */
+    checkInlineGets(d);
+    view->abi = MULTIDICT_VIEW_ABI_;
+    /* A cache's gets set CLOCK bits: its handles send them all to the
+     * library. */
+    multidict *c = openDict("inline-cache", 2, 1 << 20);
+    ck_assert_uint_eq(((multidictView_ *)(void *)c)->abi, 0);
+    multidictClose(c);
+    assertCheckDict(d);
+}
+END_TEST
+
+/* A forked child that has not registered with the segment counts nothing,
+ * as the library does, and never in its parent's slot; once it writes
+ * (and so registers) its gets count in its own slot. */
+static int inlineGetsInChild(void *arg) {
+    (void)arg;
+    uint8_t out[8];
+    size_t got;
+    uint64_t parentReads = 0, mine = 0;
+    if (!readsCounter(&parentReads)) /* our pid is not registered yet */
+        parentReads = 0;
+    for (int i = 0; i < 10; i++)
+        if (multidictGet(d, "fk", 2, out, sizeof out, &got) != DKSHM_OK)
+            return 1;
+    if (readsCounter(&mine))
+        return 2; /* a get registered the process: it must not */
+    if (multidictSet(d, "fk2", 3, "v", 1) != DKSHM_OK)
+        return 3;
+    for (int i = 0; i < 10; i++)
+        if (multidictGet(d, "fk", 2, out, sizeof out, &got) != DKSHM_OK)
+            return 4;
+    if (!readsCounter(&mine) || mine != 10)
+        return 5;
+    return 0;
+}
+
+START_TEST(test_get_inline_fork_counts) {
+    ck_assert_int_eq(multidictSet(d, "fk", 2, "value", 5), DKSHM_OK);
+    uint64_t before = 0, after = 0;
+    ck_assert(readsCounter(&before));
+    ck_assert_int_eq(testInChild(inlineGetsInChild, NULL), 0);
+    ck_assert(readsCounter(&after));
+    ck_assert_uint_eq(after, before);
+}
+END_TEST
+
 START_TEST(test_add_replace_delete) {
     ck_assert_int_eq(multidictReplace(d, "a", 1, "1", 1), DKSHM_NOTFOUND);
     assertAbsent(d, "a");
@@ -2305,7 +2455,7 @@ static Suite *multidictSuite(void) {
     const testCaseSpec cases[] = {
         {"basic",
          {test_set_get_sizes, test_get_buffer_sizes, test_get_fast_path_sizes,
-          test_add_replace_delete,
+          test_get_inline, test_get_inline_fork_counts, test_add_replace_delete,
           test_incr, test_compare_and_set, test_count_iterate,
           test_iterate_and_write, test_clear, test_binary_and_long_keys,
           test_stats, test_open_by_name, test_open_race},

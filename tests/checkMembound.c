@@ -502,22 +502,9 @@ END_TEST
 /* The per-process counters `dkshm-tool top` reads: this process's
  * allocations and frees with their real block sizes, and a lock wait.
  * False if this process is not in the table. */
-static bool findCounter(int ctr, uint64_t *out) {
-    dkshmProcInfo info[16];
-    size_t n = 0;
-    if (dkshmProcList(seg, info, 16, &n) != DKSHM_OK)
-        return false;
-    for (size_t i = 0; i < n && i < 16; i++)
-        if (info[i].pid == (uint32_t)getpid()) {
-            *out = info[i].counters[ctr];
-            return true;
-        }
-    return false;
-}
-
 static uint64_t myCounter(int ctr) {
     uint64_t v = 0;
-    ck_assert_msg(findCounter(ctr, &v), "this process is not in the table");
+    ck_assert_msg(testProcCounter(seg, ctr, &v), "this process is not in the table");
     return v;
 }
 
@@ -529,7 +516,7 @@ static int countInChild(void *arg) {
         if (memboundAllocOff(mb, 64, &o[i]) != DKSHM_OK)
             return 1;
     uint64_t allocs = 0;
-    if (!findCounter(DKSHM_CTR_ALLOCS, &allocs))
+    if (!testProcCounter(seg, DKSHM_CTR_ALLOCS, &allocs))
         return 2;
     return allocs == 3 ? 0 : 3;
 }

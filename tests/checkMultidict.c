@@ -237,16 +237,7 @@ END_TEST
 
 /* This process's count of DKSHM_CTR_READS; false if it is not registered. */
 static bool readsCounter(uint64_t *out) {
-    dkshmProcInfo info[16];
-    size_t n = 0;
-    if (dkshmProcList(seg, info, 16, &n) != DKSHM_OK)
-        return false;
-    for (size_t i = 0; i < n && i < 16; i++)
-        if (info[i].pid == (uint32_t)getpid()) {
-            *out = info[i].counters[DKSHM_CTR_READS];
-            return true;
-        }
-    return false;
+    return testProcCounter(seg, DKSHM_CTR_READS, out);
 }
 
 /* multidictGet with the key length KL as a compile-time constant at each

@@ -108,6 +108,21 @@ static inline void testMakeSegment(const char *tag, uint64_t capacity,
     }
 }
 
+/* This process's statistics counter CTR (DKSHM_CTR_...) in S's process
+ * table; false if the process is not registered there. */
+static inline bool testProcCounter(dkshm *s, int ctr, uint64_t *out) {
+    dkshmProcInfo info[16];
+    size_t n = 0;
+    if (dkshmProcList(s, info, 16, &n) != DKSHM_OK)
+        return false;
+    for (size_t i = 0; i < n && i < 16; i++)
+        if (info[i].pid == (uint32_t)getpid()) {
+            *out = info[i].counters[ctr];
+            return true;
+        }
+    return false;
+}
+
 /* The name of the segment testMakeSegment made ("" if none). */
 static inline const char *testSegmentName(void) {
     return testState()->seg;

@@ -1109,6 +1109,42 @@ static int mdDecide(mdWrite *w, const mdEntry *e) {
     }
 }
 
+/* Start the key's entry on its way before the writer locks. A locked
+ * section waits on a DRAM miss for the key's slot and then one for its
+ * entry, and the lock's atomic instructions keep both from overlapping
+ * anything outside it: sets run miss after miss (perf: about 60% of a set's
+ * samples on those two loads). Looked up racily here, as a get does
+ * (nothing read is trusted: the offset is bounds-checked and only
+ * prefetched, never followed), the slot is cached by the time the lock is
+ * taken and the entry's lines (NEED bytes, what the new value takes in
+ * place) arrive while it is. About 5% more sets/s (benchDict --only
+ * dict:set, alternating builds). */
+static inline void mdPrefetch(const multidict *d, const mdShard *sh,
+                              uint64_t h, uint64_t need) {
+    uint64_t word = mdLoad64(&sh->table);
+    uint64_t slots = 1ull << ((word >> 56) & 63);
+    uint64_t off = word & MD_TABLE_OFF_MASK;
+    if (word == 0 || (word & 7) || off + 8 * slots > d->size ||
+        need > MD_INPLACE_MAX)
+        return;
+    const uint64_t *tbl = (const uint64_t *)(d->base + off);
+    uint64_t mask = slots - 1, i = h & mask;
+    uint64_t tag = (h & MD_TAG_MASK) << MD_OFF_BITS;
+    for (int n = 0; n < 8; n++, i = (i + 1) & mask) {
+        uint64_t v = mdLoad64(tbl + i);
+        if (v == MD_EMPTY)
+            return;
+        if ((v & ~MD_OFF_MASK) != tag || v == MD_TOMB)
+            continue;
+        dkoff eo = mdSlotOff(v);
+        if (eo + need <= d->size) {
+            __builtin_prefetch(d->base + eo, 1);
+            __builtin_prefetch(d->base + eo + need - 1, 1);
+        }
+        return;
+    }
+}
+
 static int mdWriteOp(multidict *d, const mdKey *k, mdWrite *w) {
     if (d->readOnly)
         return DKSHM_READONLY;
@@ -1127,6 +1163,7 @@ static int mdWriteOp(multidict *d, const mdKey *k, mdWrite *w) {
             return rc;
         /* Cache mode: allocate under the lock, evicting. */
     }
+    mdPrefetch(d, sh, k->h, need);
     mdOp op;
     int rc = mdLock(d, sh, &op, w->mode == MD_W_INCR ? MD_OP_INCR : MD_OP_PUT);
     if (rc != DKSHM_OK) {

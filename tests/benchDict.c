@@ -10,7 +10,8 @@
  *                 (multidictInline.h)
  *   multidict, called  (multidictGet), the library's function, as a
  *                 program gets it for keys of varying length or built
- *                 with DKSHM_NO_INLINE
+ *                 with DKSHM_NO_INLINE (its sets are the same call as the
+ *                 first column's: multidictSet is never inlined)
  *   baseline      slots of {hash, pointer} to malloc'd entries holding the
  *                 key and value lengths and bytes: the same shape as
  *                 multidict (variable-length keys and values, one table
@@ -346,8 +347,9 @@ static int worker(int index, void *arg) {
  * measurement time, so that a busy spell of a shared machine (other
  * tenants' memory traffic moves DRAM latency by tens of percent within a
  * second) falls on all of them alike. Variants that ran a second apart
- * differed by up to 0.15 in their ratio; interleaved, repeats agree far
- * better. */
+ * differed by up to 0.15 in their ratio; interleaved, get ratios of
+ * separate runs agree within about 0.03 (set ratios still move by about
+ * 0.1: memory placement differs from run to run). */
 #define SLICE_NS 20000000ull
 static void measureInterleaved(runCtx *c, double out[V_COUNT]) {
     uint64_t ops[V_COUNT] = {0}, ns[V_COUNT] = {0};

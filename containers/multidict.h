@@ -93,7 +93,10 @@ DKSHM_API int multidictClose(multidict *d);
  * only handle and a dead writer's shard not yet recovered). BUF is written
  * only when the call returns OK (or, transiently, by an attempt that a
  * racing writer made it retry). Takes no lock, except once to recover a
- * shard whose writer died (read-write handles). */
+ * shard whose writer died (read-write handles). With an optimising
+ * GCC-compatible compiler and a KLEN that is a constant of at most 32
+ * bytes, the common case is compiled into the caller (multidictInline.h);
+ * define DKSHM_NO_INLINE to always call the library. */
 DKSHM_API int multidictGet(multidict *d, const void *key, size_t klen,
                            void *buf, size_t bufLen, size_t *vlen);
 

@@ -49,6 +49,18 @@ static multidict *openDict(const char *name, uint32_t shards,
     return x;
 }
 
+/* Replace the fixture's segment with a new one of CAPACITY bytes (TAG in
+ * its name) and the fixture dict with a one-shard map NAME (a cache of
+ * MAXBYTES when > 0). */
+static void remakeFixture(const char *tag, uint64_t capacity, const char *name,
+                          uint64_t maxBytes) {
+    multidictClose(d);
+    dkshmDetach(seg);
+    dkshmUnlink(testSegmentName());
+    makeSegment(tag, capacity);
+    d = openDict(name, 1, maxBytes);
+}
+
 static void setup(void) {
     makeSegment("t", 256 * MiB);
     d = openDict("dict", 0, 0);
@@ -832,11 +844,7 @@ END_TEST
 
 /* A segment too small for one more entry: FULL, nothing changed. */
 START_TEST(test_full_segment) {
-    multidictClose(d);
-    dkshmDetach(seg);
-    dkshmUnlink(testSegmentName());
-    makeSegment("full", 1 * MiB);
-    d = openDict("dict", 1, 0);
+    remakeFixture("full", 1 * MiB, "dict", 0);
     uint8_t v[1000];
     char k[32];
     int i, rc = DKSHM_OK;
@@ -1070,11 +1078,7 @@ END_TEST
 
 /* In cache mode a full segment evicts instead of failing. */
 START_TEST(test_cache_full_segment) {
-    multidictClose(d);
-    dkshmDetach(seg);
-    dkshmUnlink(testSegmentName());
-    makeSegment("cfull", 1 * MiB);
-    d = openDict("cache", 1, 1ull << 40);
+    remakeFixture("cfull", 1 * MiB, "cache", 1ull << 40);
     uint8_t v[500];
     char k[32];
     for (int i = 0; i < 20000; i++) {
@@ -1137,11 +1141,7 @@ END_TEST
  * slot, so the resize hashes each entry's key (entries carry no hash).
  * Every key is still found where a get looks, and check agrees. */
 START_TEST(test_growth_past_tag_bits) {
-    multidictClose(d);
-    dkshmDetach(seg);
-    dkshmUnlink(testSegmentName());
-    makeSegment("big", 320 * MiB);
-    d = openDict("one", 1, 0);
+    remakeFixture("big", 320 * MiB, "one", 0);
     enum { N = 3200000 }; /* past 3/4 of 2^22 slots: a table of 2^23 */
     for (uint64_t i = 0; i < N; i++)
         ck_assert_int_eq(multidictSet(d, &i, 8, &i, 8), DKSHM_OK);

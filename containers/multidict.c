@@ -1121,14 +1121,11 @@ static int mdDecide(mdWrite *w, const mdEntry *e) {
  * dict:set, alternating builds). */
 static inline void mdPrefetch(const multidict *d, const mdShard *sh,
                               uint64_t h, uint64_t need) {
-    uint64_t word = mdLoad64(&sh->table);
-    uint64_t slots = 1ull << ((word >> 56) & 63);
-    uint64_t off = word & MD_TABLE_OFF_MASK;
-    if (word == 0 || (word & 7) || off + 8 * slots > d->size ||
-        need > MD_INPLACE_MAX)
+    uint64_t mask;
+    const uint64_t *tbl = multidictSlots_(&d->v, mdLoad64(&sh->table), &mask);
+    if (!tbl || need > MD_INPLACE_MAX)
         return;
-    const uint64_t *tbl = (const uint64_t *)(d->base + off);
-    uint64_t mask = slots - 1, i = h & mask;
+    uint64_t i = h & mask;
     uint64_t tag = (h & MD_TAG_MASK) << MD_OFF_BITS;
     for (int n = 0; n < 8; n++, i = (i + 1) & mask) {
         uint64_t v = mdLoad64(tbl + i);
@@ -1410,19 +1407,13 @@ static __attribute__((noinline)) int mdGetAny(multidict *d, const void *key,
     uint64_t h = mdHash(key, klen);
     const mdShard *sh = d->shards + mdShardOf(d, h);
     uint32_t seq = __atomic_load_n(&sh->seq, __ATOMIC_ACQUIRE);
-    uint64_t word = mdLoad64(&sh->table);
-    if (__builtin_expect((seq & 1) || mdLoad32(&sh->clearing) != 0 ||
-                             word == 0 || (word & 7),
-                         0))
+    uint64_t word = mdLoad64(&sh->table), mask;
+    if (__builtin_expect((seq & 1) || mdLoad32(&sh->clearing) != 0, 0))
         goto slow;
-    /* The slot count and the range check come from the same (masked)
-     * log2, so a damaged word can only shrink what is probed. */
-    uint64_t slots = 1ull << ((word >> 56) & 63);
-    const uint64_t *tbl =
-        (const uint64_t *)(d->base + (word & MD_TABLE_OFF_MASK));
-    if (__builtin_expect((word & MD_TABLE_OFF_MASK) + 8 * slots > d->size, 0))
+    const uint64_t *tbl = multidictSlots_(&d->v, word, &mask);
+    if (__builtin_expect(tbl == NULL, 0))
         goto slow;
-    uint64_t mask = slots - 1, i = h & mask;
+    uint64_t i = h & mask;
     uint64_t tag = (h & MD_TAG_MASK) << MD_OFF_BITS;
     for (int n = 0; n < 64; n++, i = (i + 1) & mask) {
         uint64_t v = mdLoad64(tbl + i);

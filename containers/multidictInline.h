@@ -207,6 +207,26 @@ multidictCountRead_(const multidictView_ *v) {
     }
 }
 
+/* The slots of the table that shard table word WORD names, read racily:
+ * NULL for no table, or for a word that names none inside the segment
+ * (damage, or a torn read); *MASK gets slots - 1. The slot count and the
+ * range check come from the same (masked) log2, so a damaged word can only
+ * shrink what is probed. Separate predictable branches, each one fused
+ * compare-and-jump. (The library's racy readers use it too.) */
+static inline __attribute__((always_inline)) const uint64_t *
+multidictSlots_(const multidictView_ *v, uint64_t word, uint64_t *mask) {
+    if (__builtin_expect(word == 0, 0)) /* no table yet */
+        return NULL;
+    if (__builtin_expect(word & 7, 0)) /* damage: slots are 8-byte words */
+        return NULL;
+    uint64_t slots = 1ull << ((word >> 56) & 63);
+    uint64_t off = word & MULTIDICT_TABLE_OFF_MASK_;
+    if (__builtin_expect(off + 8 * slots > v->size, 0))
+        return NULL;
+    *mask = slots - 1;
+    return (const uint64_t *)(v->base + off);
+}
+
 /* multidictGet's fast path: OK, NOTFOUND or TOOBIG (counted, *VLEN set)
  * or MULTIDICT_MISS_ (nothing counted; BUF may have been written). Racy
  * reads are bounds-checked before they are followed and validated by the
@@ -228,18 +248,11 @@ multidictGetView_(const multidictView_ *v, const void *key, size_t klen,
         return MULTIDICT_MISS_;
     if (__builtin_expect(__atomic_load_n(seqp + 1, __ATOMIC_ACQUIRE) != 0, 0))
         return MULTIDICT_MISS_; /* a clear is emptying it */
-    if (__builtin_expect(word == 0, 0)) /* no table yet */
+    uint64_t mask;
+    const uint64_t *tbl = multidictSlots_(v, word, &mask);
+    if (__builtin_expect(tbl == NULL, 0))
         return MULTIDICT_MISS_;
-    if (__builtin_expect(word & 7, 0)) /* damage: slots are 8-byte words */
-        return MULTIDICT_MISS_;
-    /* The slot count and the range check come from the same (masked)
-     * log2, so a damaged word can only shrink what is probed. */
-    uint64_t slots = 1ull << ((word >> 56) & 63);
-    uint64_t tOff = word & MULTIDICT_TABLE_OFF_MASK_;
-    if (__builtin_expect(tOff + 8 * slots > v->size, 0))
-        return MULTIDICT_MISS_;
-    const uint64_t *tbl = (const uint64_t *)(v->base + tOff);
-    uint64_t mask = slots - 1, i = h & mask;
+    uint64_t i = h & mask;
     uint64_t tag = (h & ((1ull << MULTIDICT_TAG_BITS_) - 1))
                    << MULTIDICT_OFF_BITS_;
     for (int n = 0; n < 64; n++, i = (i + 1) & mask) {

@@ -280,9 +280,9 @@ static void mbGeometry(uint32_t ps, mbGeo geo[MB_NCLASSES]) {
                 n--;
             if (n == 0)
                 continue;
-            uint64_t waste = bytes - mbSlotOff((uint32_t)n, size) - n * size;
-            mbGeo g = {size, (uint32_t)n, mbSlotOff((uint32_t)n, size), o,
-                       (uint32_t)((n + 63) / 64)};
+            uint32_t off = mbSlotOff((uint32_t)n, size);
+            uint64_t waste = bytes - off - n * size;
+            mbGeo g = {size, (uint32_t)n, off, o, (uint32_t)((n + 63) / 64)};
             if (best.nSlots == 0 || waste * bestBytes < bestWaste * bytes) {
                 best = g;
                 bestWaste = waste;

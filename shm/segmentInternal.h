@@ -229,7 +229,10 @@ static inline int dkSelf(dkshm *s, uint32_t *id) {
  * the next get's. Threads of one process racing on a counter may lose a
  * count: these are statistics. */
 static inline void dkCount(dkshm *s, int ctr, uint64_t n) {
-    /* dkSelfId publishes counters before forkGen (release), as slot. */
+    /* dkSelfId publishes counters before forkGen (release), as slot.
+     * multidictInline.h's multidictCountRead_ does the same through a
+     * multidictView_ (pointers to these fields), in callers' code: change
+     * both together. */
     if (__atomic_load_n(&s->forkGen, __ATOMIC_ACQUIRE) ==
         __atomic_load_n(&dkForkGeneration, __ATOMIC_RELAXED)) {
         uint64_t *c = __atomic_load_n(&s->counters, __ATOMIC_RELAXED);
